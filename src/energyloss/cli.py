@@ -46,7 +46,9 @@ def _load(module_name: str, what: str):
     except ModuleNotFoundError as err:
         # Distinguish "this experiment is not implemented in this version" from "a dependency is missing".
         if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
-            raise SystemExit(f"energyloss: {what} is not available in this version ({module_name} is missing)")
+            raise SystemExit(
+                f"energyloss: {what} is not available in this version ({module_name} is missing)"
+            ) from None
         raise SystemExit(
             f"energyloss: {what} needs the Python package {err.name!r}, which is not installed. "
             "Install the experiment extras: pip install 'energyloss[experiments]'"
@@ -66,9 +68,7 @@ def _run_parser(name: str, module) -> argparse.ArgumentParser:
         choices=sorted(presets) if presets else None,
         help="named configuration: 'smoke' (fast check), 'default' (laptop CPU), 'paper' (paper settings)",
     )
-    parser.add_argument(
-        "--out", default=None, help="run folder (default: a dated folder under runs/)", metavar="DIR"
-    )
+    parser.add_argument("--out", default=None, help="run folder (default: a dated folder under runs/)", metavar="DIR")
     module.add_arguments(parser)
     return parser
 

@@ -165,7 +165,7 @@ def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None,
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a fresh ``torch.Generator`` seeded with ``seed``."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds the legacy global RNG that third-party code uses
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
