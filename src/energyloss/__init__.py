@@ -9,6 +9,7 @@ Functions for Physical Systems", NeurIPS 2025):
 - baselines :func:`mse_loss`, :func:`mae_loss`, :func:`kabsch_mse_loss` and the alignment :func:`kabsch_align`.
 """
 
+from . import diffusion
 from .alignment import apply_rigid, kabsch_align, kabsch_mse_loss, mae_loss, mse_loss
 from .atomistic import pair_energy_loss
 from .coefficients import (
@@ -35,6 +36,7 @@ __all__ = [
     "PotentialCoefficients",
     "apply_rigid",
     "center",
+    "diffusion",
     "kabsch_align",
     "kabsch_mse_loss",
     "lennard_jones",
