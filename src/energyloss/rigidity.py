@@ -55,6 +55,7 @@ __all__ = [
     "distance_automorphisms",
     "is_globally_rigid",
     "is_rigid",
+    "orbit_random_graph",
     "random_regular_graph",
     "rigidity_matrix",
     "sparse_pair_energy_loss",
@@ -514,9 +515,11 @@ class RigidGraphPool:
 
         Structure ``b`` with :math:`n_b` real atoms at positions ``nonzero(mask[b])`` gets a graph drawn from the
         pool of size :math:`n_b`, relabelled onto those positions. Structures have different edge counts, so the
-        lists are padded to the longest with the self-pair ``(i, i)`` of the structure's first real atom (or
-        ``(0, 0)`` when it has none): its distance is zero in prediction and target alike, so it adds exactly zero
-        energy and zero gradient, and its indices stay inside ``[0, N)``.
+        lists are padded to the longest with pairs ``(p, q)`` where ``p`` is a padded atom of that structure
+        (one exists: edge counts grow with :math:`n_b`, so only structures smaller than the largest need
+        padding). :func:`~energyloss.atomistic.pair_energy_loss` given the same ``mask`` ignores every pair that
+        touches a padded atom, so padding adds exactly zero energy and gradient; all indices lie in ``[0, N)``
+        and no pair is a self-loop.
 
         Args:
             mask: ``(B, N)`` bool, ``True`` for real atoms.
@@ -524,24 +527,33 @@ class RigidGraphPool:
 
         Returns:
             ``(B, 2, E_max)`` LongTensor on ``mask.device``.
+
+        Example:
+            >>> pool = RigidGraphPool(2, size=2)
+            >>> mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+            >>> pool.batch_edges(mask, generator=torch.Generator().manual_seed(0))[0]  # K3 padded to K4's 6 pairs
+            tensor([[0, 0, 1, 3, 3, 3],
+                    [1, 2, 2, 0, 0, 0]])
         """
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
-            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
             raise ValueError(f"mask must be a (B, N) bool tensor, got {got}")
+        mask_cpu = mask.cpu()
         per: list[Tensor] = []
-        for row in mask.cpu():
+        for row in mask_cpu:
             idx = torch.nonzero(row).flatten()
-            per.append(
-                idx[self.sample(idx.numel(), generator=generator)]
-                if idx.numel()
-                else torch.zeros(2, 0, dtype=torch.long)
-            )
+            if idx.numel():
+                per.append(idx[self.sample(idx.numel(), generator=generator)])
+            else:
+                per.append(torch.zeros(2, 0, dtype=torch.long))
         e_max = max((e.shape[1] for e in per), default=0)
         out = torch.zeros(len(per), 2, e_max, dtype=torch.long)
-        for b, (row, e) in enumerate(zip(mask.cpu(), per, strict=True)):
-            first = torch.nonzero(row).flatten()
-            out[b, :, :] = int(first[0]) if first.numel() else 0
+        for b, (row, e) in enumerate(zip(mask_cpu, per, strict=True)):
             out[b, :, : e.shape[1]] = e
+            if e.shape[1] < e_max:
+                pad = int(torch.nonzero(~row).flatten()[0])
+                out[b, 0, e.shape[1] :] = pad
+                out[b, 1, e.shape[1] :] = 1 if pad == 0 else 0
         return out.to(mask.device)
 
     def ragged_edges(
@@ -747,6 +759,34 @@ class SymmetrizedEdges(NamedTuple):
     group_order: int
 
 
+def _close_under(pairs: np.ndarray, gens: list[np.ndarray], n: int) -> np.ndarray:
+    """Sorted unique pair keys ``i * n + j`` of the smallest superset of ``pairs`` invariant under ``gens``."""
+    keys = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    while gens and keys.size:
+        a0, b0 = keys // n, keys % n
+        images = [keys]
+        for g in gens:
+            a, b = g[a0], g[b0]
+            images.append(np.minimum(a, b) * n + np.maximum(a, b))
+        new = np.unique(np.concatenate(images))
+        if new.size == keys.size:
+            break
+        keys = new
+    return keys
+
+
+def _keys_to_edges(keys: np.ndarray, n: int, device) -> Tensor:
+    if keys.size == 0:
+        return torch.zeros(2, 0, dtype=torch.long, device=device)
+    return _edges_tensor(keys, n).to(device)
+
+
+def _check_target(target) -> None:
+    if not isinstance(target, Tensor) or target.dim() != 2:
+        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+        raise ValueError(f"target must be an (N, D) tensor, got {got}")
+
+
 def symmetrize_edges(
     edges: Tensor, target: Tensor, *, atom_types: Tensor | None = None, tol: float = DEFAULT_SYMMETRY_TOL
 ) -> SymmetrizedEdges:
@@ -775,28 +815,141 @@ def symmetrize_edges(
         >>> out.edges.tolist(), out.num_added, out.group_order
         ([[0, 0, 1, 2], [1, 3, 2, 3]], 3, 8)
     """
-    if not isinstance(target, Tensor) or target.dim() != 2:
-        got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-        raise ValueError(f"target must be an (N, D) tensor, got {got}")
+    _check_target(target)
     n = target.shape[0]
     pairs = _canonical_edges(edges, n)
     gens, order = _automorphisms(target, atom_types, tol)
-    keys = pairs[:, 0] * n + pairs[:, 1]
-    while gens:
-        images = [keys]
-        for g in gens:
-            a, b = g[pairs[:, 0]], g[pairs[:, 1]]
-            images.append(np.minimum(a, b) * n + np.maximum(a, b))
-        new = np.unique(np.concatenate(images))
-        if new.size == keys.size:
-            break
-        keys = new
-        pairs = np.stack([keys // n, keys % n], axis=1)
-    out = _edges_tensor(keys, n) if keys.size else torch.zeros(2, 0, dtype=torch.long)
-    device = edges.device if isinstance(edges, Tensor) else torch.device("cpu")
-    num_in = _canonical_edges(edges, n).shape[0]
-    return SymmetrizedEdges(out.to(device), int(keys.size - num_in), int(order))
+    keys = _close_under(pairs, gens, n)
+    device = edges.device if isinstance(edges, Tensor) else target.device
+    return SymmetrizedEdges(_keys_to_edges(keys, n, device), int(keys.size - pairs.shape[0]), int(order))
 
 
-def sparse_pair_energy_loss(*args, **kwargs):  # placeholder until energyloss.atomistic lands
-    raise NotImplementedError
+def orbit_random_graph(
+    target: Tensor,
+    k: int,
+    *,
+    atom_types: Tensor | None = None,
+    tol: float = DEFAULT_SYMMETRY_TOL,
+    generator: torch.Generator | None = None,
+) -> SymmetrizedEdges:
+    r"""The paper's symmetric sparse graph for one molecule (App. A.5): random edges per orbit, then Eq. 57.
+
+    The vertices are split into orbits of :math:`\mathrm{Aut}(\Delta y)` (with atom types); the smallest vertex of
+    each orbit picks ``min(k, N - 1)`` distinct partners uniformly among all other vertices, and the union of
+    these edges is symmetrised with :func:`symmetrize_edges`. Unlike a symmetrised pool graph, the result is *not*
+    checked for global rigidity (test it with :func:`is_globally_rigid` if needed); ``num_added`` counts the
+    edges added to the representatives' edges.
+
+    Args:
+        target: ``(N, D)`` target positions.
+        k: partners per orbit representative.
+        atom_types: optional ``(N,)`` labels automorphisms must preserve.
+        tol: distance tolerance, see :func:`distance_automorphisms`.
+        generator: ``torch.Generator`` for the partners.
+
+    Returns:
+        :class:`SymmetrizedEdges`.
+
+    Example:
+        >>> hexagon = torch.tensor([[1.0, 0.0], [0.5, 0.866], [-0.5, 0.866], [-1.0, 0.0], [-0.5, -0.866],
+        ...                         [0.5, -0.866]])
+        >>> out = orbit_random_graph(hexagon, 1, generator=torch.Generator().manual_seed(0))
+        >>> out.group_order, out.edges.shape[1] in (6, 3)  # one orbit: all sides, all long or all short diagonals
+        (12, True)
+    """
+    _check_target(target)
+    k = _check_count(k, "k", minimum=0)
+    n = target.shape[0]
+    gens, order = _automorphisms(target, atom_types, tol)
+    reps = [v for v in range(n) if min(_orbit(v, gens)) == v]
+    chosen: list[np.ndarray] = []
+    for v in reps:
+        others = np.delete(np.arange(n, dtype=np.int64), v)
+        pick = others[torch.randperm(others.size, generator=generator).numpy()[: min(k, n - 1)]]
+        chosen.append(np.stack([np.minimum(pick, v), np.maximum(pick, v)], axis=1))
+    pairs = np.unique(np.concatenate(chosen), axis=0) if chosen else np.empty((0, 2), dtype=np.int64)
+    keys = _close_under(pairs, gens, n)
+    return SymmetrizedEdges(_keys_to_edges(keys, n, target.device), int(keys.size - pairs.shape[0]), int(order))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the sparse energy loss
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def sparse_pair_energy_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    pool: RigidGraphPool | None = None,
+    edges: Tensor | None = None,
+    coefficients="constant",
+    mask: Tensor | None = None,
+    batch: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    normalize: str | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""The sparse energy loss (paper §4.3): Eq. 7 summed over the edges of a globally rigid graph.
+
+    .. math:: E(\hat y, y) = \sum_{\{i,j\} \in \mathcal E} k_{ij}(y)\big(\|y_i - y_j\| - \|\hat y_i - \hat y_j\|\big)^2
+
+    With a :class:`RigidGraphPool`, every structure of the batch gets its own graph drawn from the pool of its
+    size (a fresh draw per call); with ``edges``, the given graph(s) are used. Everything else (coefficients,
+    layouts, ``normalize``, ``reduction``) is :func:`energyloss.atomistic.pair_energy_loss`, which this calls.
+    Cost :math:`O(kN)` instead of :math:`O(N^2)`; the global minimisers stay the rigid motions of the target
+    because the graphs are globally rigid.
+
+    Args:
+        pred: ``(N, D)``, ``(B, N, D)`` or ragged ``(M, D)`` predicted positions.
+        target: same shape as ``pred``.
+        pool: a :class:`RigidGraphPool` with ``pool.d == D`` (exactly one of ``pool`` and ``edges``).
+        edges: ``(2, E)`` or ``(B, 2, E)`` pairs, as for ``pair_energy_loss``.
+        coefficients: coefficient scheme, see :mod:`energyloss.coefficients`.
+        mask: ``(B, N)`` (or ``(N,)``) bool for the dense layout.
+        batch: ``(M,)`` structure index for the ragged layout.
+        generator: ``torch.Generator`` for the pool draws.
+        normalize: ``None`` | ``"atoms"`` | ``"pairs"``.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+
+    Returns:
+        The reduced loss.
+
+    Example:
+        >>> y = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+        >>> pool = RigidGraphPool(2, size=3)
+        >>> float(sparse_pair_energy_loss(y.flip(-1), y, pool=pool))  # a reflection of the target costs nothing
+        0.0
+    """
+    from .atomistic import pair_energy_loss
+
+    if (pool is None) == (edges is None):
+        raise ValueError("pass exactly one of pool (a RigidGraphPool) and edges (a (2, E) LongTensor)")
+    if pool is not None:
+        if not isinstance(pool, RigidGraphPool):
+            raise TypeError(f"pool must be a RigidGraphPool, got {type(pool).__name__}")
+        if not isinstance(pred, Tensor) or pred.dim() not in (2, 3):
+            got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+            raise ValueError(f"pred must have shape (N, D), (B, N, D) or ragged (M, D), got {got}")
+        if pred.shape[-1] != pool.d:
+            raise ValueError(f"pool holds graphs rigid in {pool.d}-D but pred has D = {pred.shape[-1]}")
+        if batch is not None:
+            edges = pool.ragged_edges(batch, generator=generator)
+        elif pred.dim() == 2 and mask is None:
+            edges = pool.sample(pred.shape[0], generator=generator)
+        elif pred.dim() == 2:
+            edges = pool.batch_edges(mask.reshape(1, -1), generator=generator)[0]
+        else:
+            full = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device)
+            edges = pool.batch_edges(full if mask is None else mask, generator=generator)
+        edges = edges.to(pred.device)
+    return pair_energy_loss(
+        pred,
+        target,
+        coefficients=coefficients,
+        edges=edges,
+        mask=mask,
+        batch=batch,
+        normalize=normalize,
+        reduction=reduction,
+    )
