@@ -1,0 +1,14 @@
+"""Molecule experiments: QM9 / GEOM-Drugs data, molecule metrics, diffusion training (paper §6.2, App. C.2).
+
+Modules (import the one you need; this package imports nothing heavy on its own):
+
+- :mod:`~energyloss.experiments.molecules.data`: ragged molecule store, padded / ragged batching, element
+  tables, the project's sample file format and XYZ / SDF readers;
+- :mod:`~energyloss.experiments.molecules.qm9`: QM9 from the ``qm9pack`` wheel (offline) or figshare, EDM's
+  split, the verified cache;
+- :mod:`~energyloss.experiments.molecules.geom`: GEOM-Drugs in the ``geom_drugs_30.npy`` row format;
+- :mod:`~energyloss.experiments.molecules.metrics`: bond orders, stability, RDKit validity, uniqueness,
+  novelty (functional and accumulating, DDP-correct);
+- :mod:`~energyloss.experiments.molecules.data_cli` / :mod:`~energyloss.experiments.molecules.eval_cli`: the
+  ``energyloss data`` and ``energyloss eval-molecules`` commands.
+"""
