@@ -156,21 +156,22 @@ def test_chunked_equals_dense_value_and_gradient(scheme, dtype, gen):
         assert torch.isfinite(grad).all()
 
 
-def test_chunked_is_selected_automatically_for_large_inputs(monkeypatch, gen):
+def test_block_size_selection(monkeypatch):
     import energyloss.atomistic as atomistic
 
-    monkeypatch.setattr(atomistic, "DENSE_MAX_PAIRS", 10)
-    called = {}
-    original = atomistic._chunked_energy
+    assert atomistic._block_size(4, 29, None) == 29  # small: one dense block
+    assert atomistic._block_size(1, 30000, None) < 30000  # large: cache-sized blocks
+    assert atomistic._block_size(1, 10, 3) == 3
+    assert atomistic._block_size(1, 10, "auto") >= 16
 
-    def spy(*args, **kwargs):
-        called["yes"] = True
-        return original(*args, **kwargs)
 
-    monkeypatch.setattr(atomistic, "_chunked_energy", spy)
-    y = torch.randn(6, 3, generator=gen, dtype=torch.float64)
-    atomistic.pair_energy_loss(y + 0.1, y)
-    assert called
+def test_higher_order_gradients_through_edge_list(gen):
+    """The complete-graph kernel is first-order; the complete edge list gives the same value with autograd."""
+    y = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    p = (y + 0.3).requires_grad_(True)
+    complete = torch.combinations(torch.arange(5), 2).T
+    assert torch.allclose(pair_energy_loss(p, y, edges=complete), pair_energy_loss(p, y))
+    assert torch.autograd.gradgradcheck(lambda x: pair_energy_loss(x, y, edges=complete, coefficients="exp"), (p,))
 
 
 @pytest.mark.parametrize("path", ["dense", "chunked", "edges", "ragged"])
