@@ -1,0 +1,308 @@
+"""Spin-glass ground-state prediction (paper §6.3, Table 5): ``energyloss run spins``.
+
+A CNN reads the couplings of a 16 x 16 Ising spin glass (J ~ U[-1, 1], open boundaries) and predicts one logit per
+site; it is trained with the cross-entropy, margin, local-field energy and true energy losses (plus flip-invariant
+versions of the supervised ones) and scored by the energy of ``sign(logits)`` on test instances. Ground states are
+exact (:mod:`.solver`), generated once and cached (:mod:`.data`).
+
+Label convention: the ground state is unique only up to the global flip; targets are stored with the first site
+``+1``. Cross-entropy, margin and the local-field energy loss depend on that convention (the network must learn it);
+the true-energy loss and the ``*_flip`` losses do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+
+from energyloss.experiments.runs import (
+    apply_overrides,
+    machine_info,
+    make_run_dir,
+    markdown_table,
+    mean_std,
+    progress,
+    write_csv,
+    write_json,
+    write_summary,
+)
+
+from .data import SpinDataSpec, load_or_generate
+from .train import LOSSES, PAPER_TABLE5, SpinsConfig
+
+__all__ = ["DESCRIPTION", "PRESETS", "SpinsConfig", "add_arguments", "run"]
+
+DESCRIPTION = "spin-glass ground states, 16x16 (paper 6.3, Table 5): CE / margin / local energy / true energy"
+
+_ALL_LOSSES = (
+    "cross_entropy",
+    "margin",
+    "local_energy",
+    "true_energy",
+    "cross_entropy_flip",
+    "local_energy_flip",
+)
+
+PRESETS: dict[str, SpinsConfig] = {
+    # seconds: a 6x6 lattice, a tiny CNN, two epochs; checks the plumbing only
+    "smoke": SpinsConfig(
+        size=6,
+        n_train=64,
+        n_val=16,
+        n_test=32,
+        channels=8,
+        depth=2,
+        batch_size=32,
+        max_epochs=2,
+        patience=2,
+        losses=_ALL_LOSSES,
+        seeds=(0,),
+        workers=1,
+    ),
+    # about 15 minutes on 2 CPU cores: fewer instances and a smaller CNN than the paper
+    "default": SpinsConfig(
+        n_train=4_000,
+        n_val=500,
+        n_test=2_000,
+        channels=32,
+        depth=6,
+        batch_size=64,
+        max_epochs=12,
+        patience=4,
+        losses=_ALL_LOSSES,
+        seeds=(0, 1),
+        workers=2,
+    ),
+    # paper App. C.3: 10k/10k instances, 6-layer 256-channel ResNet, batch 256, Adam 1e-3, until convergence
+    "paper": SpinsConfig(
+        n_train=10_000,
+        n_val=1_000,
+        n_test=10_000,
+        channels=256,
+        depth=6,
+        batch_size=256,
+        max_epochs=200,
+        patience=20,
+        losses=_ALL_LOSSES,
+        seeds=(0, 1, 2),
+        workers=1,
+    ),
+}
+
+
+def _csv(kind):
+    def parse(text: str):
+        return tuple(kind(v) for v in text.split(",") if v.strip())
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``energyloss run spins``; unset options keep the preset's value."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--size", type=int, help="lattice side L")
+    g.add_argument("--periodic", action="store_true", default=None, help="periodic boundaries (MILP solver: slow)")
+    g.add_argument("--n-train", type=int, help="training instances")
+    g.add_argument("--n-val", type=int, help="validation instances (early stopping)")
+    g.add_argument("--n-test", type=int, help="test instances")
+    g.add_argument("--data-seed", type=int, help="seed of the instances")
+    g.add_argument("--cache-dir", default=None, help="data cache (default: $ENERGYLOSS_CACHE or ~/.cache/energyloss)")
+    g = parser.add_argument_group("model and training")
+    g.add_argument("--channels", type=int, help="CNN width")
+    g.add_argument("--depth", type=int, help="residual blocks")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--max-epochs", type=int)
+    g.add_argument("--patience", type=int, help="early-stopping patience (epochs without a better val energy)")
+    g.add_argument("--temperature", type=float, help="T of the local and true energy losses")
+    g.add_argument("--h0", type=float, help="offset of the local-field weights (> 4: data is the unique minimiser)")
+    g.add_argument("--losses", type=_csv(str), help="comma-separated, from: " + ", ".join(LOSSES))
+    g.add_argument("--seeds", type=_csv(int), help="comma-separated training seeds")
+    g = parser.add_argument_group("execution")
+    g.add_argument("--workers", type=int, help="parallel processes (data generation and training jobs)")
+    g.add_argument("--threads", type=int, help="torch threads per process")
+    g.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace) -> SpinsConfig:
+    fields = {f.name for f in dataclasses.fields(SpinsConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    return apply_overrides(PRESETS[args.preset], overrides)
+
+
+def _job(task: tuple) -> dict:
+    """Worker entry point: train one (loss, seed) job and save its result under ``run_dir/jobs``."""
+    import torch
+
+    from .train import train_job
+
+    config_dict, loss, seed, paths, sizes, run_dir = task
+    config = SpinsConfig(
+        **{**config_dict, "losses": tuple(config_dict["losses"]), "seeds": tuple(config_dict["seeds"])}
+    )
+    torch.set_num_threads(config.threads)
+    splits = {}
+    for split, path in paths.items():
+        with np.load(path) as f:
+            splits[split] = {k: f[k][: sizes[split]] for k in ("couplings", "spins", "energies")}
+    out = train_job(config, loss, seed, splits)
+    jobs = Path(run_dir) / "jobs"
+    torch.save(out["state_dict"], jobs / f"{loss}-seed{seed}.pt")
+    result = {"record": out["record"], "curve": out["curve"]}
+    (jobs / f"{loss}-seed{seed}.json").write_text(json.dumps(result))
+    return result
+
+
+def _fmt(values: list[float], digits: int = 1) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _plot(run_dir: Path, results: list[dict], losses: tuple[str, ...]) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no training-curve plot (pip install 'energyloss[plots]')")
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, loss in enumerate(losses):
+        for j, res in enumerate(r for r in results if r["record"]["loss"] == loss):
+            xs = [c["epoch"] for c in res["curve"]]
+            ys = [c["val_residual"] for c in res["curve"]]
+            ax.plot(xs, ys, color=colours[k % len(colours)], alpha=0.8, label=loss if j == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation residual energy  E(pred) - E(ground)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = run_dir / "training_curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _summarise(config: SpinsConfig, results: list[dict], data_info: dict, seconds: float) -> tuple[str, dict]:
+    rows, metrics = [], {}
+    for loss in config.losses:
+        recs = [r["record"] for r in results if r["record"]["loss"] == loss]
+        if not recs:
+            continue
+        res = [r["test_residual"] for r in recs]
+        metrics[loss] = {
+            key: dict(zip(("mean", "std"), mean_std([r[key] for r in recs]), strict=True))
+            for key in ("test_residual", "test_energy", "test_site_accuracy", "test_exact", "best_epoch")
+        }
+        metrics[loss]["seeds"] = [r["seed"] for r in recs]
+        paper = PAPER_TABLE5.get(loss)
+        rows.append(
+            {
+                "loss": loss,
+                "residual": _fmt(res),
+                "half": _fmt([v / 2 for v in res]),
+                "energy": _fmt([r["test_energy"] for r in recs]),
+                "accuracy": _fmt([100 * r["test_site_accuracy"] for r in recs]),
+                "exact": _fmt([100 * r["test_exact"] for r in recs]),
+                "epochs": _fmt([r["best_epoch"] for r in recs], 0),
+                "paper": f"{paper[0]} ± {paper[1]}" if paper else "–",
+            }
+        )
+    ground = results[0]["record"]["test_energy_ground"] if results else float("nan")
+    table = markdown_table(
+        rows,
+        ["loss", "residual", "half", "energy", "accuracy", "exact", "epochs", "paper"],
+        headers=[
+            "loss",
+            "test residual E - E_gs",
+            "residual / 2",
+            "test energy E",
+            "site acc. %",
+            "exact GS %",
+            "best epoch",
+            "paper Table 5",
+        ],
+    )
+    text = (
+        f"## Spin-glass ground states ({config.size}x{config.size}, "
+        f"{'periodic' if config.periodic else 'open'} boundaries)\n\n"
+        f"{config.n_train} train / {config.n_val} val / {config.n_test} test instances; CNN {config.depth} blocks x "
+        f"{config.channels} channels; batch {config.batch_size}, Adam {config.lr}, <= {config.max_epochs} epochs "
+        f"(patience {config.patience}); T = {config.temperature}, h0 = {config.h0}; seeds {list(config.seeds)}.\n"
+        f"Mean ± std over seeds. Mean ground-state energy of the test set: {ground:.2f}.\n\n"
+        f"{table}\n\n"
+        f"Data: {data_info}\nTotal time {seconds / 60:.1f} min.\n"
+    )
+    return text, metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    config = _config_from_args(args)
+    show = not getattr(args, "no_progress", False)
+    start = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    run_dir = make_run_dir(args.out, "spins")
+    (run_dir / "jobs").mkdir(exist_ok=True)
+    write_json(run_dir / "config.json", {"preset": args.preset, "config": config, "machine": machine_info()})
+    print(f"spins: preset {args.preset!r}, run folder {run_dir}")
+    if args.preset != "paper":
+        print(
+            f"  (smaller than the paper: {config.n_train} training instances, CNN {config.depth}x{config.channels};"
+            " --preset paper for the full setting)"
+        )
+
+    spec = SpinDataSpec(size=config.size, periodic=config.periodic, seed=config.data_seed)
+    paths, sizes, data_info = {}, {}, {}
+    for split, n in (("train", config.n_train), ("val", config.n_val), ("test", config.n_test)):
+        _, info = load_or_generate(spec, split, n, cache_dir=args.cache_dir, workers=config.workers, show_progress=show)
+        paths[split], sizes[split] = info["path"], n
+        rate = info["instances_per_second"]
+        data_info[split] = "cached" if info["cached"] else f"{rate:.0f} instances/s"
+        print(f"  {split}: {n} instances, {data_info[split]} ({info['path']})")
+
+    tasks, results = [], []
+    config_dict = dataclasses.asdict(config)
+    for seed in config.seeds:
+        for loss in config.losses:
+            done = run_dir / "jobs" / f"{loss}-seed{seed}.json"
+            if done.exists():  # resume: finished jobs are kept
+                results.append(json.loads(done.read_text()))
+            else:
+                tasks.append((config_dict, loss, seed, paths, sizes, str(run_dir)))
+    if results:
+        print(f"  resuming: {len(results)} finished jobs kept, {len(tasks)} to run")
+    if config.workers > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(config.workers, len(tasks))) as pool:
+            for res in progress(pool.imap_unordered(_job, tasks), desc="training", total=len(tasks), disable=not show):
+                results.append(res)
+    else:
+        for task in progress(tasks, desc="training", total=len(tasks), disable=not show):
+            results.append(_job(task))
+    jobs = [(loss, seed) for seed in config.seeds for loss in config.losses]
+    results.sort(key=lambda r: jobs.index((r["record"]["loss"], r["record"]["seed"])))
+
+    records = [r["record"] for r in results]
+    write_csv(run_dir / "records.csv", records)
+    curves = [{"loss": r["record"]["loss"], "seed": r["record"]["seed"], **c} for r in results for c in r["curve"]]
+    write_csv(run_dir / "curves.csv", curves)
+    seconds = time.perf_counter() - start
+    text, metrics = _summarise(config, results, data_info, seconds)
+    write_json(
+        run_dir / "metrics.json",
+        {"per_loss": metrics, "paper_table5": PAPER_TABLE5, "data": data_info, "seconds": seconds},
+    )
+    _plot(run_dir, results, config.losses)
+    write_summary(run_dir, text)
+    return 0
