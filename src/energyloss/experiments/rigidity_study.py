@@ -165,9 +165,11 @@ def _plot(run_dir: Path, records: list[dict], config: RigidityConfig) -> Path | 
         for row, (key, label) in enumerate((("frac_globally_rigid", "globally rigid"), ("frac_rigid", "rigid"))):
             ax = axes[row][col]
             grid = [r for r in records if r["d"] == d and r.get("grid", True)]
-            for n in sorted({r["n"] for r in grid}):
+            sizes = sorted({r["n"] for r in grid})
+            for i, n in enumerate(sizes):
                 pts = sorted((r["k"], r[key]) for r in grid if r["n"] == n)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"n = {n}")
+                shift = 0.05 * (i - (len(sizes) - 1) / 2)  # small offsets so that identical curves stay visible
+                ax.plot([p[0] + shift for p in pts], [p[1] for p in pts], marker="o", markersize=4, label=f"n = {n}")
             for r in records:
                 if r["d"] == d and not r.get("grid", True):
                     ax.plot(
@@ -181,7 +183,7 @@ def _plot(run_dir: Path, records: list[dict], config: RigidityConfig) -> Path | 
                     )
             ax.axvline(2 * d, color="grey", linestyle="--", linewidth=1)
             ax.set_title(f"d = {d}: fraction {label}")
-            ax.set_xlabel("degree k (dashed: k = 2d)")
+            ax.set_xlabel("degree k (dashed: k = 2d; curves offset slightly in k)")
             ax.set_ylim(-0.03, 1.03)
             ax.grid(alpha=0.3)
             if col == 0:
@@ -203,9 +205,9 @@ def _summary(records: list[dict], config: RigidityConfig, seconds: float, figure
             row: dict = {"d": d, "n": n}
             for r in grid:
                 if r["d"] == d and r["n"] == n:
-                    rigid = f" ({r['frac_rigid']:.2f})" if r["frac_rigid"] != r["frac_globally_rigid"] else ""
+                    rigid = f" ({r['frac_rigid']:.3f})" if r["frac_rigid"] != r["frac_globally_rigid"] else ""
                     star = "*" if r["complete"] else ""
-                    row[f"k{r['k']}"] = f"{r['frac_globally_rigid']:.2f}{rigid}{star}"
+                    row[f"k{r['k']}"] = f"{r['frac_globally_rigid']:.3f}{rigid}{star}"
             rows.append(row)
     table = markdown_table(rows, ["d", "n", *[f"k{k}" for k in ks]], headers=["d", "n", *[f"k = {k}" for k in ks]])
     extra_rows = [
