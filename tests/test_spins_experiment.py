@@ -1,0 +1,241 @@
+"""Tests of the spin-glass experiment: exact ground-state solvers, the data cache, the CNN, the CLI run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from energyloss.experiments.spins import PRESETS, SpinsConfig, data, solver
+from energyloss.experiments.spins.model import SpinResNet, coupling_features
+from energyloss.experiments.spins.train import LOSSES, evaluate, make_loss
+
+pytest.importorskip("pymatching")
+pytest.importorskip("scipy")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# solvers
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_solvers_match_brute_force_on_4x4(periodic):
+    rng = np.random.default_rng(0)
+    methods = ["milp", "auto"] + ([] if periodic else ["matching"])
+    for _ in range(6):
+        J = solver.random_couplings(4, rng=rng, periodic=periodic)
+        spins_bf, e_bf = solver.brute_force_ground_state(J, periodic=periodic)
+        for method in methods:
+            spins, e = solver.ground_state(J, periodic=periodic, method=method)
+            assert e == pytest.approx(e_bf, abs=1e-9), method
+            assert spins.dtype == np.int8 and spins[0, 0] == 1
+            assert e == pytest.approx(float(solver.energy(spins, J, periodic=periodic)), abs=1e-12)
+            # continuous couplings: the ground state is unique up to the global flip
+            np.testing.assert_array_equal(spins, spins_bf)
+
+
+def test_solvers_on_rectangular_and_degenerate_lattices():
+    rng = np.random.default_rng(1)
+    for shape in [(3, 5), (1, 6), (5, 1), (2, 2)]:
+        J = solver.random_couplings(*shape, rng=rng)
+        _, e_bf = solver.brute_force_ground_state(J)
+        assert solver.matching_ground_state(J)[1] == pytest.approx(e_bf, abs=1e-9)
+        assert solver.milp_ground_state(J)[1] == pytest.approx(e_bf, abs=1e-9)
+
+
+def test_matching_with_zero_couplings_and_ties():
+    J = np.zeros((2, 4, 4))
+    J[0, :, :-1] = 0.5  # every horizontal bond ferro, vertical bonds absent: many degenerate ground states
+    J[1, 0, :] = -0.25
+    _, e_bf = solver.brute_force_ground_state(J)
+    spins, e = solver.matching_ground_state(J)
+    assert e == pytest.approx(e_bf)
+    assert spins[0, 0] == 1
+
+
+def test_matching_and_milp_agree_on_16x16():
+    rng = np.random.default_rng(2)
+    for _ in range(2):
+        J = solver.random_couplings(16, rng=rng)
+        s_match, e_match = solver.matching_ground_state(J)
+        s_milp, e_milp = solver.milp_ground_state(J)
+        assert e_match == pytest.approx(e_milp, abs=1e-9)
+        np.testing.assert_array_equal(s_match, s_milp)
+
+
+def test_auto_falls_back_to_milp_off_the_dyadic_grid():
+    rng = np.random.default_rng(3)
+    J = solver.random_couplings(4, rng=rng, grid=None).astype(np.float64)
+    J[0, 0, 0] = 1 / 3  # not representable as an integer weight after power-of-two scaling
+    with pytest.raises(ValueError, match="dyadic grid"):
+        solver.matching_ground_state(J)
+    _, e = solver.ground_state(J)
+    assert e == pytest.approx(solver.brute_force_ground_state(J)[1], abs=1e-9)
+
+
+def test_solver_input_validation():
+    J = solver.random_couplings(4, rng=np.random.default_rng(4), periodic=True)
+    with pytest.raises(ValueError, match="open boundaries"):
+        solver.ground_state(J)
+    with pytest.raises(ValueError, match="needs open boundaries"):
+        solver.ground_state(J, periodic=True, method="matching")
+    with pytest.raises(ValueError, match="method"):
+        solver.ground_state(J, periodic=True, method="simplex")
+    with pytest.raises(ValueError, match=r"shape \(2, H, W\)"):
+        solver.ground_state(np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match="brute force is limited"):
+        solver.brute_force_ground_state(np.zeros((2, 5, 5)))
+
+
+def test_energy_matches_torch_core():
+    from energyloss.spins import ising_energy
+
+    rng = np.random.default_rng(5)
+    for periodic in (False, True):
+        J = solver.random_couplings(5, rng=rng, periodic=periodic)
+        s = rng.choice([-1, 1], size=(3, 5, 5)).astype(np.int8)
+        ours = solver.energy(s, J, periodic=periodic)
+        core = ising_energy(torch.from_numpy(s).double(), torch.from_numpy(J).double(), periodic=periodic)
+        np.testing.assert_allclose(ours, core.numpy(), atol=1e-12)
+
+
+def test_canonical_labelling():
+    s = np.array([[[-1, 1], [1, -1]], [[1, -1], [-1, -1]]], dtype=np.int8)
+    c = solver.canonical(s)
+    assert (c[:, 0, 0] == 1).all()
+    np.testing.assert_array_equal(c[1], s[1])
+    np.testing.assert_array_equal(c[0], -s[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def test_generation_is_reproducible_and_prefix_stable():
+    spec = data.SpinDataSpec(size=5, seed=7)
+    a = data.generate(spec, "train", 5, show_progress=False)
+    b = data.generate(spec, "train", 3, show_progress=False)
+    for key in ("couplings", "spins", "energies"):
+        np.testing.assert_array_equal(a[key][:3], b[key])
+    c = data.generate(spec, "test", 3, show_progress=False)
+    assert not np.array_equal(a["couplings"][:3], c["couplings"])
+    assert (a["spins"][:, 0, 0] == 1).all()
+    np.testing.assert_allclose(solver.energy(a["spins"], a["couplings"]), a["energies"], atol=1e-9)
+
+
+def test_cache_roundtrip_env_variable_and_corruption(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    spec = data.SpinDataSpec(size=4, seed=1)
+    first, info = data.load_or_generate(spec, "val", 6, show_progress=False)
+    assert not info["cached"] and info["path"].startswith(str(tmp_path))
+    again, info2 = data.load_or_generate(spec, "val", 6, show_progress=False)
+    assert info2["cached"]
+    np.testing.assert_array_equal(first["spins"], again["spins"])
+    # a smaller request reuses the larger file (instances are prefix-stable)
+    prefix, info3 = data.load_or_generate(spec, "val", 4, show_progress=False)
+    assert info3["cached"] and info3["path"] == info["path"]
+    np.testing.assert_array_equal(prefix["couplings"], first["couplings"][:4])
+    # another spec never reuses it
+    _, info4 = data.load_or_generate(data.SpinDataSpec(size=4, seed=2), "val", 4, show_progress=False)
+    assert not info4["cached"]
+    # corruption is detected
+    with np.load(info["path"]) as f:
+        stored = {k: f[k] for k in f.files}
+    stored["energies"] = stored["energies"] + 1.0
+    np.savez(info["path"], **stored)
+    with pytest.raises(ValueError, match="checksum"):
+        data.load_or_generate(spec, "val", 6, show_progress=False)
+    # an explicit cache_dir wins over the environment
+    _, info5 = data.load_or_generate(spec, "val", 2, cache_dir=tmp_path / "other", show_progress=False)
+    assert info5["path"].startswith(str(tmp_path / "other"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model, losses, evaluation
+
+
+def test_coupling_features_see_all_four_bonds():
+    J = torch.from_numpy(solver.random_couplings(4, rng=np.random.default_rng(6))).unsqueeze(0)
+    f = coupling_features(J)
+    # left coupling of (r, c) is the right coupling of (r, c-1); up coupling of (r, c) is the down of (r-1, c)
+    torch.testing.assert_close(f[0, 2, :, 1:], J[0, 0, :, :-1])
+    torch.testing.assert_close(f[0, 3, 1:, :], J[0, 1, :-1, :])
+    assert (f[0, 2, :, 0] == 0).all() and (f[0, 3, 0, :] == 0).all()
+
+
+def test_periodic_network_is_translation_equivariant():
+    torch.manual_seed(0)
+    net = SpinResNet(channels=8, depth=2, periodic=True).eval()
+    J = torch.randn(2, 2, 6, 6)
+    shifted = torch.roll(J, shifts=(2, 3), dims=(-2, -1))
+    torch.testing.assert_close(net(shifted), torch.roll(net(J), shifts=(2, 3), dims=(-2, -1)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_trains(name):
+    config = SpinsConfig(size=4, n_train=8, n_val=4, n_test=4, losses=(name,))
+    loss_fn = make_loss(name, config)
+    J = torch.from_numpy(np.stack([solver.random_couplings(4, rng=np.random.default_rng(k)) for k in range(3)]))
+    y = torch.from_numpy(np.stack([solver.ground_state(j.numpy())[0] for j in J]).astype(np.float32))
+    z = torch.randn(3, 4, 4, requires_grad=True)
+    loss = loss_fn(z, y, J)
+    loss.backward()
+    assert loss.dim() == 0 and torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+
+def test_evaluate_perfect_and_flipped_predictions():
+    rng = np.random.default_rng(8)
+    J = np.stack([solver.random_couplings(4, rng=rng) for _ in range(5)])
+    solved = [solver.ground_state(j) for j in J]
+    y = torch.tensor(np.stack([s for s, _ in solved]), dtype=torch.float32)
+    e = torch.tensor([v for _, v in solved], dtype=torch.float64)
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, sign):
+            super().__init__()
+            self.sign = sign
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, couplings):
+            index = [int(np.argmin([np.abs(c.numpy() - j).sum() for j in J])) for c in couplings]
+            return self.sign * 3.0 * y[index]
+
+    for sign in (1.0, -1.0):  # the energy, hence the metric, is flip invariant
+        m = evaluate(Oracle(sign), torch.from_numpy(J), y, e, periodic=False)
+        assert m["residual"] == pytest.approx(0.0, abs=1e-9)
+        assert m["exact"] == 1.0 and m["site_accuracy"] == 1.0
+        assert m["energy"] == pytest.approx(float(e.mean()))
+
+
+def test_presets_are_valid():
+    assert set(PRESETS) == {"smoke", "default", "paper"}
+    paper = PRESETS["paper"]
+    assert (paper.n_train, paper.n_test, paper.size, paper.channels, paper.depth) == (10_000, 10_000, 16, 256, 6)
+    assert (paper.batch_size, paper.lr, paper.temperature) == (256, 1e-3, 0.1)
+    with pytest.raises(ValueError, match="unknown losses"):
+        SpinsConfig(losses=("mse",))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# end to end
+
+
+def test_cli_smoke_run_and_resume(tmp_path, monkeypatch):
+    from energyloss.cli import main
+
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["run", "spins", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    for name in ("config.json", "metrics.json", "records.csv", "curves.csv", "summary.md"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_loss"]) == set(PRESETS["smoke"].losses)
+    for loss in metrics["per_loss"].values():
+        assert loss["test_residual"]["mean"] >= -1e-9
+    assert "paper Table 5" in (out / "summary.md").read_text()
+    n_records = len((out / "records.csv").read_text().strip().splitlines()) - 1
+    assert n_records == len(PRESETS["smoke"].losses) * len(PRESETS["smoke"].seeds)
+    # a second call resumes: every job is already finished, nothing is retrained
+    stamp = (out / "jobs" / "cross_entropy-seed0.json").stat().st_mtime_ns
+    assert main(["run", "spins", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "jobs" / "cross_entropy-seed0.json").stat().st_mtime_ns == stamp
