@@ -402,8 +402,11 @@ def _graphs(orders: torch.Tensor, z: torch.Tensor, mask: torch.Tensor) -> list[t
     return [(zs[b][: counts[b]], per_mol[b]) for b in range(orders.shape[0])]
 
 
+_MIN_PARALLEL = 20_000  # below this, starting worker processes costs more than it saves
+
+
 def _map_smiles(graphs: list, n_jobs: int) -> list[str | None]:
-    if n_jobs <= 1 or len(graphs) < 2000:
+    if n_jobs <= 1 or len(graphs) < _MIN_PARALLEL:
         return _smiles_of_graphs(graphs)
     import concurrent.futures
     import multiprocessing
@@ -426,7 +429,7 @@ def molecule_smiles(
     """Largest-fragment SMILES of each molecule of a padded batch (``None`` where RDKit sanitisation fails).
 
     ``positions: (B, N, 3)``, ``atomic_numbers: (B, N)``, ``mask: (B, N)``. Real atoms must come first in each
-    row. ``n_jobs > 1`` spreads the RDKit work over processes (used from 2,000 molecules up).
+    row. ``n_jobs > 1`` spreads the RDKit work over processes (used from 20,000 molecules up).
 
     >>> pos = torch.tensor([[[0.0, 0, 0], [1.21, 0, 0]]])  # O=O at 121 pm
     >>> molecule_smiles(pos, torch.tensor([[8, 8]]))

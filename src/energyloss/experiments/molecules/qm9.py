@@ -374,7 +374,7 @@ def split_indices(
     >>> {k: len(v) for k, v in split_indices(130_831).items()}
     {'train': 100000, 'valid': 17748, 'test': 13083}
     >>> split_indices(10, n_train=6)["test"].tolist()
-    [2, 5]
+    [5]
     """
     n_test = int(test_fraction * n_molecules)
     n_valid = n_molecules - n_train - n_test
