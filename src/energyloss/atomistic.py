@@ -25,10 +25,12 @@ Evaluation paths, tested equal to each other and to a textbook loop:
   ``O(N D)``, so it is stored instead of an autograd graph of ``O(N^2)`` intermediates). Small inputs are a single
   block, i.e. the dense evaluation vectorised over the batch; when ``B * N * N`` exceeds :data:`DENSE_MAX_PAIRS`
   (or ``chunk_size`` asks for it) the atoms are cut into blocks, each unordered pair of blocks visited once, so
-  extra memory is ``O(B * block^2)`` whatever ``N``. First-order differentiable (no double backward);
-- *edge list*: gathers only the listed pairs, ``O(E)`` time and memory, plain autograd (so it also supports higher
-  derivatives: pass the complete edge list if you need them);
+  extra memory is ``O(B * block^2)`` whatever ``N``;
+- *edge list*: gathers only the listed pairs, ``O(E)`` time and memory, gradient again computed in the same pass;
 - *ragged*: ``batch`` vectors are brought to the padded layout (complete graph) or used directly (edge lists).
+
+Both kernels return the gradient they computed alongside the value, so the loss is first-order differentiable (a
+second backward raises an error); this is what makes them fast and ``O(N)`` in memory.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from torch import Tensor
 
 from .coefficients import Coefficients, resolve_coefficients
-from .geometry import as_dense_batch, check_pair_inputs, edge_distances
+from .geometry import as_dense_batch, check_pair_inputs
 
 __all__ = ["DENSE_MAX_PAIRS", "TILE_ELEMENTS", "pair_energy_loss", "reduce_per_structure"]
 
@@ -98,14 +100,6 @@ def _check_edges(edges: Tensor, *, num_nodes: int, num_structures: int | None) -
         raise ValueError("edges contain self-loops (i, i); list each pair of distinct atoms once")
 
 
-def _pair_terms(pred_d: Tensor, target_d: Tensor, coeff: Coefficients, valid: Tensor | None) -> Tensor:
-    """``k(d_t) * (d_t - d_p)**2`` with invalid pairs contributing exactly zero (value and gradient)."""
-    k = coeff(target_d)
-    if valid is not None:
-        k = torch.where(valid, k, torch.zeros_like(k))
-    return k * (target_d - pred_d).square()
-
-
 def _block_distances(a: Tensor, b: Tensor) -> Tensor:
     """``(..., I, J)`` distances between ``a (..., I, D)`` and ``b (..., J, D)`` from exact differences.
 
@@ -113,6 +107,16 @@ def _block_distances(a: Tensor, b: Tensor) -> Tensor:
     loss measures. Values only: gradients are written by hand in :class:`_PairEnergy`.
     """
     return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def _first_order_only() -> None:
+    # Under create_graph=True autograd runs backward with grad mode on; our saved gradient is a constant, so a
+    # second derivative would silently be zero. Refuse instead.
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "pair_energy_loss is first-order differentiable only: its kernels return the gradient computed with the "
+            "value, so it cannot be differentiated twice (create_graph=True)"
+        )
 
 
 def _energy_and_grad(
@@ -171,8 +175,8 @@ class _PairEnergy(torch.autograd.Function):
         return energy
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
+        _first_order_only()
         (grad,) = ctx.saved_tensors
         return grad * grad_out[:, None, None], None, None, None, None
 
@@ -185,35 +189,96 @@ def _block_size(bsz: int, n: int, chunk_size: int | str | None) -> int:
     return max(16, int((TILE_ELEMENTS / max(bsz, 1)) ** 0.5))
 
 
-def _edge_energy_dense(
-    pred: Tensor, target: Tensor, mask: Tensor | None, edges: Tensor, coeff: Coefficients
-) -> tuple[Tensor, Tensor]:
-    """Energies ``(B,)`` and edge counts ``(B,)`` over (shared or per-structure) edges of a dense batch."""
-    dp = edge_distances(pred, edges)
-    dt = edge_distances(target, edges)
-    if mask is None:
-        valid = None
-        count = torch.full((pred.shape[0],), edges.shape[-1], device=pred.device)
-    else:
-        if edges.dim() == 2:
-            valid = mask[:, edges[0]] & mask[:, edges[1]]
-        else:
-            valid = torch.gather(mask, 1, edges[:, 0]) & torch.gather(mask, 1, edges[:, 1])
-        count = valid.sum(-1)
-    return _pair_terms(dp, dt, coeff, valid).sum(-1), count
+def _edge_energy_and_grad(
+    pred: Tensor,
+    target: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    owner: Tensor | None,
+    num: int,
+    valid: Tensor | None,
+    coeff: Coefficients,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Energies ``(num,)`` over edges ``(src, dst)`` of flat rows ``pred (M, D)`` and, if asked, the gradient.
+
+    ``owner (E,)`` says which structure each edge belongs to (``None``: all to structure 0). The gradient of
+    ``k (d_t - d_p)^2`` is ``-2 k r (p_i - p_j) / d_p`` on ``p_i`` and the opposite on ``p_j``: two ``index_add``.
+    """
+    diff = pred.index_select(0, src) - pred.index_select(0, dst)
+    d_p = torch.linalg.vector_norm(diff, dim=-1)
+    d_t = torch.linalg.vector_norm(target.index_select(0, src) - target.index_select(0, dst), dim=-1)
+    k = coeff(d_t)
+    if valid is not None:
+        k = torch.where(valid, k, torch.zeros_like(k))
+    r = d_t - d_p
+    kr = k * r
+    terms = kr * r
+    energy = terms.sum().reshape(1) if owner is None else terms.new_zeros(num).index_add_(0, owner, terms)
+    if not need_grad:
+        return energy, None
+    g = (kr / torch.where(d_p > 0, d_p, 1.0)).unsqueeze(-1) * diff  # coincident points: diff = 0
+    g = g.mul_(-2.0)
+    grad = torch.zeros_like(pred).index_add_(0, src, g)
+    # (index_add_ with alpha=-1 takes a slow path on CPU: negate in place instead, g is no longer needed)
+    return energy, grad.index_add_(0, dst, g.neg_())
 
 
-def _edge_energy_ragged(
-    pred: Tensor, target: Tensor, batch: Tensor, edges: Tensor, coeff: Coefficients
+class _EdgeEnergy(torch.autograd.Function):
+    """Edge-list energies ``(num,)`` with the ``O(M D)`` gradient computed in the same pass.
+
+    ``row_owner (M,)`` is the structure of each row (``None``: a single structure); edges never cross structures,
+    so the gradient of structure ``b``'s energy lives on its own rows and is scaled by its upstream gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, pred, target, src, dst, row_owner, num, valid, coeff):  # type: ignore[override]
+        owner = None if row_owner is None else row_owner[src]
+        energy, grad = _edge_energy_and_grad(pred, target, src, dst, owner, num, valid, coeff, ctx.needs_input_grad[0])
+        if grad is not None:
+            ctx.save_for_backward(grad, row_owner)
+        return energy
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        _first_order_only()
+        grad, row_owner = ctx.saved_tensors
+        scale = grad_out.reshape(()) if row_owner is None else grad_out[row_owner].unsqueeze(-1)
+        return grad * scale, None, None, None, None, None, None, None
+
+
+def _edge_energy(
+    pred: Tensor, target: Tensor, edges: Tensor, *, mask: Tensor | None, batch: Tensor | None, coeff: Coefficients
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Energies, edge counts and atom counts per structure of a ragged batch with global edge indices."""
-    num = int(batch.max()) + 1 if batch.numel() else 0
-    owner = batch[edges[0]]
-    if bool((owner != batch[edges[1]]).any()):
-        raise ValueError("edges connect atoms of different structures (batch[edges[0]] != batch[edges[1]])")
-    terms = _pair_terms(edge_distances(pred, edges), edge_distances(target, edges), coeff, None)
-    energy = terms.new_zeros(num).index_add(0, owner, terms)
-    return energy, torch.bincount(owner, minlength=num), torch.bincount(batch, minlength=num)
+    """Energies, edge counts and atom counts per structure for edge lists over any layout.
+
+    Dense ``(B, N, D)`` batches are flattened to rows ``b * N + i`` so that one kernel serves every layout.
+    """
+    if batch is not None:  # ragged rows, global indices
+        num = int(batch.max()) + 1 if batch.numel() else 0
+        src, dst = edges[0], edges[1]
+        if bool((batch[src] != batch[dst]).any()):
+            raise ValueError("edges connect atoms of different structures (batch[edges[0]] != batch[edges[1]])")
+        rows_p, rows_t, row_owner, valid = pred, target, batch, None
+        n_atoms = torch.bincount(batch, minlength=num)
+    else:
+        bsz, n, d = pred.shape
+        num = bsz
+        offsets = (torch.arange(bsz, device=pred.device) * n).unsqueeze(-1)  # (B, 1)
+        src_b = edges[0].unsqueeze(0) if edges.dim() == 2 else edges[:, 0]
+        dst_b = edges[1].unsqueeze(0) if edges.dim() == 2 else edges[:, 1]
+        src = (src_b + offsets).reshape(-1) if bsz > 1 else src_b.reshape(-1)
+        dst = (dst_b + offsets).reshape(-1) if bsz > 1 else dst_b.reshape(-1)
+        rows_p, rows_t = pred.reshape(bsz * n, d), target.reshape(bsz * n, d)
+        row_owner = torch.arange(bsz, device=pred.device).repeat_interleave(n) if bsz > 1 else None
+        flat_mask = None if mask is None else mask.reshape(-1)
+        valid = None if flat_mask is None else flat_mask[src] & flat_mask[dst]
+        n_atoms = torch.full((bsz,), n, device=pred.device) if mask is None else mask.sum(-1)
+    energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff)
+    edge_owner = torch.zeros_like(src) if row_owner is None else row_owner[src]
+    kept = torch.ones_like(src, dtype=torch.bool) if valid is None else valid
+    n_pairs = torch.zeros(num, dtype=torch.long, device=pred.device).index_add_(0, edge_owner, kept.long())
+    return energy, n_pairs, n_atoms
 
 
 def pair_energy_loss(
@@ -254,7 +319,7 @@ def pair_energy_loss(
         chunk_size: block size of the complete-graph evaluation. ``None``: one block (dense) up to
             :data:`DENSE_MAX_PAIRS` pair entries ``B * N * N``, cache-sized blocks above; an int: blocks of that
             many atoms; ``"auto"``: cache-sized blocks whatever the size. Every choice gives the same value and
-            gradient; the complete-graph path is first-order differentiable (use ``edges`` for higher orders).
+            gradient.
 
     Returns:
         The reduced loss, in ``pred``'s dtype (float32 for half-precision inputs, which are computed in float32).
@@ -280,7 +345,7 @@ def pair_energy_loss(
 
         if edges is not None and batch is not None:
             _check_edges(edges, num_nodes=pred.shape[0], num_structures=None)
-            energy, n_pairs, n_atoms = _edge_energy_ragged(pred, target, batch, edges, coeff)
+            energy, n_pairs, n_atoms = _edge_energy(pred, target, edges, mask=None, batch=batch, coeff=coeff)
             single = False
         else:
             pred_b, target_b, mask_b, single = as_dense_batch(pred, target, mask=mask, batch=batch)
@@ -288,7 +353,7 @@ def pair_energy_loss(
             n_atoms = torch.full((bsz,), n, device=pred.device) if mask_b is None else mask_b.sum(-1)
             if edges is not None:
                 _check_edges(edges, num_nodes=n, num_structures=None if single else bsz)
-                energy, n_pairs = _edge_energy_dense(pred_b, target_b, mask_b, edges, coeff)
+                energy, n_pairs, _ = _edge_energy(pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff)
             else:
                 n_pairs = n_atoms * (n_atoms - 1) // 2
                 block = _block_size(bsz, n, chunk_size)
