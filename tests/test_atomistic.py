@@ -156,13 +156,14 @@ def test_chunked_equals_dense_value_and_gradient(scheme, dtype, gen):
         assert torch.isfinite(grad).all()
 
 
-def test_block_size_selection(monkeypatch):
+def test_block_size_selection():
     import energyloss.atomistic as atomistic
 
     assert atomistic._block_size(4, 29, None) == 29  # small: one dense block
     assert atomistic._block_size(1, 30000, None) < 30000  # large: cache-sized blocks
     assert atomistic._block_size(1, 10, 3) == 3
     assert atomistic._block_size(1, 10, "auto") >= 16
+    assert atomistic._block_size(1, 30000, None, "cuda") > atomistic._block_size(1, 30000, None, "cpu")
 
 
 @pytest.mark.parametrize("edges", [None, torch.tensor([[0, 1, 2], [1, 2, 3]])])

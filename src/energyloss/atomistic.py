@@ -43,12 +43,14 @@ from .geometry import as_dense_batch, check_pair_inputs
 
 __all__ = ["DENSE_MAX_PAIRS", "TILE_ELEMENTS", "pair_energy_loss", "reduce_per_structure"]
 
-#: Up to this many pair entries ``B * N * N`` the complete-graph loss is evaluated as one block (dense); above it
-#: in square blocks of ``TILE_ELEMENTS`` pair entries (chunked), unless ``chunk_size`` says otherwise.
-DENSE_MAX_PAIRS = 2**20
+#: Per device type: up to this many pair entries ``B * N * N`` the complete-graph loss is evaluated as one block
+#: (dense); above it in square blocks of ``TILE_ELEMENTS`` pair entries (chunked), unless ``chunk_size`` says
+#: otherwise. Device types not listed use the ``"cuda"`` values.
+DENSE_MAX_PAIRS = {"cpu": 2**20, "cuda": 2**26}
 
 #: Pair entries ``B * block * block`` per block of the chunked evaluation: small enough to stay in cache.
-TILE_ELEMENTS = 2**16
+#: On CPU blocks stay in cache; on a GPU they must be large enough to keep the device busy (few kernel launches).
+TILE_ELEMENTS = {"cpu": 2**16, "cuda": 2**24}
 
 _NORMALIZE = (None, "atoms", "pairs")
 _REDUCTIONS = ("none", "mean", "sum")
@@ -181,12 +183,13 @@ class _PairEnergy(torch.autograd.Function):
         return grad * grad_out[:, None, None], None, None, None, None
 
 
-def _block_size(bsz: int, n: int, chunk_size: int | str | None) -> int:
+def _block_size(bsz: int, n: int, chunk_size: int | str | None, device_type: str = "cpu") -> int:
     if isinstance(chunk_size, int):
         return chunk_size
-    if chunk_size is None and bsz * n * n <= DENSE_MAX_PAIRS:
+    kind = "cpu" if device_type == "cpu" else "cuda"
+    if chunk_size is None and bsz * n * n <= DENSE_MAX_PAIRS[kind]:
         return max(n, 1)
-    return max(16, int((TILE_ELEMENTS / max(bsz, 1)) ** 0.5))
+    return max(16, int((TILE_ELEMENTS[kind] / max(bsz, 1)) ** 0.5))
 
 
 def _edge_energy_and_grad(
@@ -356,7 +359,7 @@ def pair_energy_loss(
                 energy, n_pairs, _ = _edge_energy(pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff)
             else:
                 n_pairs = n_atoms * (n_atoms - 1) // 2
-                block = _block_size(bsz, n, chunk_size)
+                block = _block_size(bsz, n, chunk_size, pred.device.type)
                 energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block)
 
         if normalize == "atoms":
