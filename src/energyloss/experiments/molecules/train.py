@@ -722,6 +722,8 @@ def run_sweep(cfg: QM9Config, out: str | os.PathLike | None, *, show_progress: b
     rank, _ = _rank_world()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    if torch.cuda.is_available() and cfg.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls in the network (losses do not use matmul)
     run_dir = make_run_dir(out, f"qm9-{cfg.model}") if rank == 0 else Path(out or ".")
     d = _dist()
     if d is not None:  # every rank needs the folder rank 0 chose
@@ -758,7 +760,7 @@ def run_sweep(cfg: QM9Config, out: str | os.PathLike | None, *, show_progress: b
         write_csv(run_dir / "records.csv", records)
         write_json(run_dir / "metrics.json", {"records": records})
         _plot(records, run_dir / "convergence.png")
-        write_summary(run_dir, _summary(cfg, records), echo=show_progress)
+        write_summary(run_dir, _summary(cfg, records))
     return records
 
 
@@ -808,6 +810,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="auto, cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument("--jobs", type=int, default=None, help="train the losses of a sweep in parallel processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar; one line per evaluation")
 
 
 def config_from_args(args) -> QM9Config:
@@ -834,7 +837,7 @@ def config_from_args(args) -> QM9Config:
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    run_sweep(cfg, args.out)
+    run_sweep(cfg, args.out, show_progress=not getattr(args, "no_progress", False))
     d = _dist()
     if d is not None:
         d.destroy_process_group()
