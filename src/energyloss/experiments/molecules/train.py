@@ -97,7 +97,10 @@ class QM9Config:
     ``epochs`` may be fractional; ``max_steps`` caps the optimiser steps (a stop, resumable); ``train_minutes``
     stops the *first* loss of a sweep after that much training time and gives every later loss the same number
     of steps (compute matching on a machine of unknown speed); ``eval_every`` is in epochs (fractional allowed).
-    ``sampling_steps`` ``None`` samples with all ``diffusion_steps``. ``jobs > 1`` trains the losses of a sweep
+    ``sampling_steps`` ``None`` samples with all ``diffusion_steps``. ``ema_warmup`` uses the decay
+    ``min(ema_decay, (1 + step) / (10 + step))`` so that short runs are not evaluated on weights that are still
+    mostly the random initialisation (EDM has no warm-up: the ``paper`` preset turns it off).
+    ``jobs > 1`` trains the losses of a sweep
     in parallel processes (``threads`` torch threads each; incompatible with ``train_minutes`` and torchrun).
     """
 
@@ -119,6 +122,7 @@ class QM9Config:
     optimizer: str = "adam"
     grad_clip: str = "queue"
     ema_decay: float = 0.9999
+    ema_warmup: bool = True
     eval_every: float = 20.0
     n_eval_samples: int = 1000
     n_final_samples: int | None = None
@@ -181,6 +185,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=512,
         epochs=3000.0,
         ema_decay=0.9999,
+        ema_warmup=False,
         eval_every=20.0,
         n_eval_samples=1000,
         eval_batch_size=500,
@@ -635,7 +640,8 @@ def train_model(
         elif cfg.grad_clip != "none":
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.grad_clip))
         optimizer.step()
-        _ema_update(ema, model, cfg.ema_decay)
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+        _ema_update(ema, model, decay)
         loss_sum += float(out["loss"].detach().sum())
         loss_count += hi - lo
         train_seconds += time.perf_counter() - t0
@@ -798,6 +804,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--optimizer", choices=["adam", "adamw"], default=None)
     parser.add_argument("--grad-clip", default=None, help="'queue' (EDM's adaptive), 'none', or a max norm")
     parser.add_argument("--ema-decay", type=float, default=None)
+    parser.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=None, help="EMA warm-up")
     parser.add_argument("--eval-every", type=float, default=None, help="epochs between evaluations")
     parser.add_argument("--n-eval-samples", type=int, default=None)
     parser.add_argument("--n-final-samples", type=int, default=None, help="samples of the last evaluation")
