@@ -478,6 +478,9 @@ def novelty(smiles: Sequence[str | None], reference: Iterable[str]) -> float | N
 # Accumulating metrics
 
 
+#: Atom pairs per bond-inference chunk (roughly 100 MB of temporaries).
+PAIR_BUDGET = 2**21
+
 _SUM_KEYS = ("n_molecules", "n_atoms", "n_stable_atoms", "n_stable_molecules", "n_valid")
 
 
@@ -506,7 +509,8 @@ class MoleculeMetrics:
     bond_table, valence_table : the tables (recorded in the result).
     use_rdkit : False skips validity / uniqueness / novelty (no RDKit needed).
     n_jobs : processes for the RDKit part of large updates.
-    chunk_size : molecules per vectorised bond-inference chunk (bounds memory at ``chunk_size * N^2``).
+    chunk_size : at most this many molecules per vectorised bond-inference chunk; chunks are also capped at
+        :data:`PAIR_BUDGET` atom pairs (``molecules * N^2``), so memory stays bounded for large molecules.
 
     Examples
     --------
@@ -554,8 +558,9 @@ class MoleculeMetrics:
             raise ValueError(f"positions must have shape (B, N, 3); got {tuple(positions.shape)}")
         z, mask = _check_inputs(positions, atomic_numbers, mask)
         graphs = []
-        for start in range(0, positions.shape[0], self.chunk_size):
-            sl = slice(start, start + self.chunk_size)
+        step = max(1, min(self.chunk_size, PAIR_BUDGET // max(1, positions.shape[1] ** 2)))
+        for start in range(0, positions.shape[0], step):
+            sl = slice(start, start + step)
             pos_c, z_c, mask_c = positions[sl], z[sl], mask[sl]
             orders = bond_orders(pos_c, z_c, mask=mask_c, table=self.bond_table)
             lookup = self.valence_table.lookup(device=positions.device)
