@@ -63,3 +63,37 @@ def test_center_and_layout_roundtrip(gen):
     rows, batch = to_ragged(x, mask)
     dense, mask2 = to_dense_batch(rows, batch)
     assert torch.equal(mask2, mask[:, :4]) and torch.equal(dense[mask2], x[mask])
+
+
+def test_spin_and_sparse_modules_call_the_functions(gen):
+    from energyloss.nn import (
+        LocalFieldEnergyLoss,
+        SparsePairEnergyLoss,
+        SpinCrossEntropyLoss,
+        SpinMarginLoss,
+        TrueEnergyLoss,
+    )
+
+    couplings = torch.rand(2, 2, 4, 4, generator=gen) * 2 - 1
+    couplings[:, 0, :, -1] = 0
+    couplings[:, 1, -1, :] = 0
+    logits = torch.randn(2, 4, 4, generator=gen)
+    target = torch.where(torch.rand(2, 4, 4, generator=gen) > 0.5, 1.0, -1.0)
+    kw = dict(h0=5.0, temperature=0.2)
+    assert torch.equal(
+        LocalFieldEnergyLoss(**kw)(logits, target, couplings),
+        energyloss.local_field_energy_loss(logits, target, couplings, **kw),
+    )
+    assert torch.equal(TrueEnergyLoss()(logits, couplings), energyloss.true_energy_loss(logits, couplings))
+    assert torch.equal(SpinCrossEntropyLoss()(logits, target), energyloss.spin_cross_entropy_loss(logits, target))
+    assert torch.equal(SpinMarginLoss()(logits, target), energyloss.spin_margin_loss(logits, target))
+
+    pool = energyloss.RigidGraphPool(3, size=2, seed=0)
+    y = torch.randn(2, 6, 3, generator=gen)
+    p = y + 0.1
+    module = SparsePairEnergyLoss(pool, coefficients="exp")
+    a = module(p, y, generator=torch.Generator().manual_seed(5))
+    b = energyloss.sparse_pair_energy_loss(
+        p, y, pool=pool, coefficients="exp", generator=torch.Generator().manual_seed(5)
+    )
+    assert torch.equal(a, b) and a > 0
