@@ -29,7 +29,7 @@ ships in ``configs/datasets_config.py`` (:data:`EDM_TRAIN_N_ATOMS_HISTOGRAM`, :d
 :func:`edm_checks` compares them).
 
 **The cache.** :func:`prepare_qm9` writes ``<cache>/qm9/qm9-v1.pt`` (ragged float32 positions, uint8 atomic
-numbers, per-split counts and QM9 indices; about 40 MB) and then a manifest ``qm9-v1.json`` with the file's
+numbers, per-split counts and QM9 indices; about 31 MB) and then a manifest ``qm9-v1.json`` with the file's
 size and SHA-256 and the split sizes. :func:`load_qm9` checks the manifest, the checksum and the tensors'
 consistency before using the cache; a missing, partial (no manifest) or corrupt cache is rebuilt (with a
 warning giving the reason) or, with ``on_invalid="raise"``, reported as :class:`CacheError`. The cache folder
