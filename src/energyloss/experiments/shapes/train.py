@@ -1,0 +1,196 @@
+r"""Train a stack of shape regressors (one loss, one ``N``, many augmentation angles / learning rates / seeds).
+
+All models of a group share the loss and the number of vertices ``N``; each has its own augmentation angle,
+learning rate and seed. A model with seed ``s`` is initialised from ``s`` and sees the training set of seed ``s``
+in the batch order of seed ``s``, whatever its loss, angle or learning rate: comparisons across losses and
+angles use common random numbers. The MLP is the paper's ``1 -> 64 -> 64 -> 2N`` with ReLU, fed the radius.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from energyloss.experiments.runs import progress
+
+from .data import ShapeData, regular_polygon
+from .losses import make_loss
+from .metrics import shape_metrics
+from .models import StackedAdam, StackedMLP
+
+__all__ = ["ModelSpec", "derived_seed", "predict", "train_group"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of a group: its augmentation angle (radians), learning rate and seed."""
+
+    theta_aug: float
+    lr: float
+    seed: int
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on ``parts`` (ints and strings), stable across runs and platforms.
+
+    Example:
+        >>> derived_seed(0, "order") == derived_seed(0, "order") != derived_seed(1, "order")
+        True
+    """
+    words = []
+    for part in parts:
+        data = str(part).encode()
+        words.extend([len(data), *data])
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+
+
+def predict(mlp: StackedMLP, radius: Tensor, n_vertices: int, *, chunk: int = 4096) -> Tensor:
+    """Predictions of every model for the same radii: ``radius (S,) -> (M, S, N, 2)``, without gradients."""
+    outs = []
+    with torch.no_grad():
+        for r in radius.split(chunk):
+            x = r.view(1, -1, 1).expand(mlp.num_models, -1, -1)
+            outs.append(mlp(x).view(mlp.num_models, r.shape[0], n_vertices, 2))
+    return torch.cat(outs, dim=1)
+
+
+def _evaluate(pred: Tensor, radius: Tensor, n_vertices: int, alive: Tensor) -> list[dict[str, float]]:
+    target = regular_polygon(radius, n_vertices)  # the metrics are rotation invariant: no need for the angles
+    out = []
+    for m in range(pred.shape[0]):
+        if bool(alive[m]):
+            out.append(shape_metrics(pred[m], target, radius))
+        else:
+            out.append(shape_metrics(torch.full_like(pred[m], float("nan")), target, radius))
+    return out
+
+
+def train_group(
+    loss: str,
+    coefficients: str | None,
+    n_vertices: int,
+    specs: Sequence[ModelSpec],
+    *,
+    train_sets: dict[int, ShapeData],
+    val: ShapeData,
+    test: ShapeData,
+    epochs: int,
+    batch_size: int,
+    hidden: Sequence[int] = (64, 64),
+    pool=None,
+    figure_radius: Tensor | None = None,
+    figure_specs: Sequence[int] = (),
+    desc: str = "",
+) -> tuple[list[dict], dict[int, list]]:
+    r"""Train ``len(specs)`` MLPs with one loss and return their records (validation and test metrics).
+
+    Args:
+        loss, coefficients: the loss (see :func:`energyloss.experiments.shapes.losses.make_loss`).
+        n_vertices: ``N``.
+        specs: one :class:`ModelSpec` per model.
+        train_sets: the training :class:`ShapeData` of every seed used in ``specs`` (all of one size).
+        val, test: validation and test shapes (radii; the metrics ignore the rotation).
+        epochs: passes over the training set; batch_size: shapes per step and model (the last partial batch of an
+            epoch is dropped).
+        hidden: hidden widths of the MLP.
+        pool: :class:`energyloss.rigidity.RigidGraphPool` (``sparse_energy`` only).
+        figure_radius: ``(F,)`` radii whose predictions are returned for the sample figures.
+        figure_specs: indices into ``specs`` of the models whose figure predictions are wanted.
+        desc: progress-bar label.
+
+    Returns:
+        ``(records, figure)``: one dict per spec (in order) and ``{spec index: (F, N, 2) nested list}``.
+    """
+    if not specs:
+        return [], {}
+    seeds = sorted({s.seed for s in specs})
+    missing = [s for s in seeds if s not in train_sets]
+    if missing:
+        raise ValueError(f"train_sets has no training set for seeds {missing}")
+    n_train = len(train_sets[seeds[0]])
+    if any(len(train_sets[s]) != n_train for s in seeds):
+        raise ValueError("all training sets of a group must have the same size")
+    steps_per_epoch = n_train // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
+
+    m_count = len(specs)
+    seed_row = torch.tensor([seeds.index(s.seed) for s in specs])
+    radius_all = torch.stack([train_sets[s].radius for s in seeds])  # (S, n_train)
+    u_all = torch.stack([train_sets[s].u for s in seeds])
+    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype).unsqueeze(-1)  # (M, 1)
+    order_gens = [torch.Generator().manual_seed(derived_seed(s, "batch-order")) for s in seeds]
+    graph_gen = torch.Generator().manual_seed(derived_seed(loss, coefficients, n_vertices, "graphs"))
+    loss_fn = make_loss(loss, coefficients=coefficients, pool=pool, generator=graph_gen)
+
+    mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[derived_seed(s.seed, "init") for s in specs])
+    opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
+    alive = torch.ones(m_count, dtype=torch.bool)
+    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64)
+
+    start = time.perf_counter()
+    bar = progress(range(epochs * steps_per_epoch), desc=desc, total=epochs * steps_per_epoch)
+    perms = None
+    for step in bar:
+        k = step % steps_per_epoch
+        if k == 0:
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens])  # (S, n_train)
+            if step // steps_per_epoch == epochs - 1:
+                last_epoch_loss.zero_()
+        idx = perms[:, k * batch_size : (k + 1) * batch_size][seed_row]  # (M, B)
+        radius = torch.gather(radius_all[seed_row], 1, idx)
+        rotation = torch.gather(u_all[seed_row], 1, idx) * theta
+        target = regular_polygon(radius, n_vertices, rotation=rotation)  # (M, B, N, 2)
+        pred = mlp(radius.unsqueeze(-1)).view(m_count, batch_size, n_vertices, 2)
+        alive &= torch.isfinite(pred.detach()).flatten(1).all(1)
+        # A diverged model is frozen: its prediction is replaced by the target (zero loss) and its rate set to 0.
+        pred = torch.where(alive.view(-1, 1, 1, 1), pred, target)
+        per_model = loss_fn(pred.flatten(0, 1), target.flatten(0, 1)).view(m_count, batch_size).mean(1)
+        finite = torch.isfinite(per_model.detach())
+        if not bool(finite.all()):
+            alive &= finite
+            per_model = torch.where(finite, per_model, torch.zeros_like(per_model))
+        opt.lr = torch.where(alive, opt.lr, torch.zeros_like(opt.lr))
+        opt.zero_grad()
+        per_model.sum().backward()
+        opt.step()
+        if step // steps_per_epoch == epochs - 1:
+            last_epoch_loss += per_model.detach().double() / steps_per_epoch
+    seconds = time.perf_counter() - start
+
+    val_pred = predict(mlp, val.radius, n_vertices)
+    test_pred = predict(mlp, test.radius, n_vertices)
+    val_metrics = _evaluate(val_pred, val.radius, n_vertices, alive)
+    test_metrics = _evaluate(test_pred, test.radius, n_vertices, alive)
+    records = []
+    for m, spec in enumerate(specs):
+        rec = {
+            "task": "regression",
+            "loss": loss,
+            "coefficients": coefficients,
+            "theta_aug": spec.theta_aug,
+            "theta_aug_over_pi": spec.theta_aug / math.pi,
+            "n_vertices": n_vertices,
+            "seed": spec.seed,
+            "lr": spec.lr,
+            **test_metrics[m],
+            **{f"val_{k}": v for k, v in val_metrics[m].items()},
+            "train_loss": float(last_epoch_loss[m]) if bool(alive[m]) else float("nan"),
+            "diverged": not bool(alive[m]),
+            "epochs": epochs,
+            "n_train": n_train,
+            "batch_size": batch_size,
+            "train_seconds": seconds / m_count,
+        }
+        records.append(rec)
+    figure = {}
+    if figure_radius is not None and figure_specs:
+        fig_pred = predict(mlp, figure_radius, n_vertices)
+        figure = {int(i): fig_pred[int(i)].tolist() for i in figure_specs}
+    return records, figure
