@@ -90,13 +90,14 @@ class ShapesConfig:
     # generative variant (App. A.7); an empty flow_losses skips it
     flow_losses: tuple[str, ...] = ("mse", "energy:exp")
     flow_n_train: int = 10_000
-    flow_epochs: int = 10
+    flow_epochs: int = 20
     flow_batch_size: int = 128
     flow_hidden: tuple[int, ...] = (128, 128, 128)
     flow_lrs: tuple[float, ...] = (1e-3, 3e-3)
     flow_seeds: tuple[int, ...] = (0, 1)
     flow_sample_steps: int = 100
     flow_t_min: float = 1e-3
+    flow_noise_scale: float = 1.0
     flow_n_test: int = 500
     # figures and execution
     n_figure: int = 8

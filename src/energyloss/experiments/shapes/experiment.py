@@ -163,6 +163,7 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
             batch_size=cfg.flow_batch_size,
             hidden=cfg.flow_hidden,
             t_min=cfg.flow_t_min,
+            noise_scale=cfg.flow_noise_scale,
             sample_steps=cfg.flow_sample_steps,
             **common,
         )

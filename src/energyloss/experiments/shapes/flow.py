@@ -81,7 +81,6 @@ def train_flow_group(
     hidden: Sequence[int] = (128, 128, 128),
     t_min: float = 1e-3,
     noise_scale: float = 1.0,
-    cosine_decay: bool = True,
     sample_steps: int = 100,
     pool=None,
     figure_radius: Tensor | None = None,
@@ -123,7 +122,6 @@ def train_flow_group(
         activation="silu",
     )
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
-    base_lr = opt.lr.clone()
     alive = torch.ones(m_count, dtype=torch.bool)
     last_epoch_loss = torch.zeros(m_count, dtype=torch.float64)
     start = time.perf_counter()
@@ -157,8 +155,7 @@ def train_flow_group(
         if not bool(finite.all()):
             alive &= finite
             per_model = torch.where(finite, per_model, torch.zeros_like(per_model))
-        rate = 0.5 * (1 + math.cos(math.pi * step / total)) if cosine_decay else 1.0
-        opt.lr = torch.where(alive, base_lr * rate, torch.zeros_like(base_lr))
+        opt.lr = torch.where(alive, opt.lr, torch.zeros_like(opt.lr))
         opt.zero_grad()
         per_model.sum().backward()
         opt.step()
@@ -197,6 +194,7 @@ def train_flow_group(
                 "n_train": n_train,
                 "batch_size": batch_size,
                 "sample_steps": sample_steps,
+                "noise_scale": noise_scale,
                 "train_seconds": seconds / m_count,
             }
         )
