@@ -609,3 +609,18 @@ def test_sparse_loss_bad_input():
         sparse_pair_energy_loss(torch.randn(6, 3), torch.randn(6, 3), pool=pool)
     with pytest.raises(TypeError, match="RigidGraphPool"):
         sparse_pair_energy_loss(y, y, pool="pool")
+
+
+def test_finite_field_kernel_vector_solves_the_system(gen):
+    """The exact kernel vector used for random stresses: A x = 0 over GF(p) (checked with Python integers)."""
+    from energyloss.rigidity import PRIME, _echelon_mod, _kernel_vector_mod
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, PRIME, size=(6, 9))
+    a[4] = (2 * a[0] + 3 * a[1]) % PRIME  # rank 5
+    echelon, pivots = _echelon_mod(a)
+    assert len(pivots) == 5
+    x = _kernel_vector_mod(echelon, pivots, rng.integers(1, PRIME, size=4))
+    assert any(x)
+    residual = [sum(int(v) * int(w) for v, w in zip(row, x, strict=True)) % PRIME for row in a]
+    assert residual == [0] * 6

@@ -253,8 +253,8 @@ def _max_rank(n: int, d: int) -> int:
     return d * n - d * (d + 1) // 2
 
 
-def _rref_mod(a: np.ndarray, p: int = PRIME) -> tuple[np.ndarray, list[int]]:
-    """Reduced row echelon form of an integer matrix over GF(p): (non-zero rows, pivot columns)."""
+def _echelon_mod(a: np.ndarray, p: int = PRIME) -> tuple[np.ndarray, list[int]]:
+    """Row echelon form over GF(p) by forward elimination: (non-zero rows with unit pivots, pivot columns)."""
     a = np.array(a, dtype=np.int64) % p
     rows, cols = a.shape
     pivots: list[int] = []
@@ -269,11 +269,9 @@ def _rref_mod(a: np.ndarray, p: int = PRIME) -> tuple[np.ndarray, list[int]]:
         if piv != r:
             a[[r, piv]] = a[[piv, r]]
         a[r, c:] = a[r, c:] * pow(int(a[r, c]), p - 2, p) % p
-        col = a[:, c].copy()
-        col[r] = 0
-        others = np.flatnonzero(col)
-        if others.size:
-            a[others, c:] = (a[others, c:] - (col[others, None] * a[r, c:][None, :]) % p) % p
+        below = r + 1 + np.flatnonzero(a[r + 1 :, c])
+        if below.size:
+            a[below, c:] = (a[below, c:] - (a[below, c, None] * a[r, c:][None, :]) % p) % p
         pivots.append(c)
         r += 1
     return a[:r], pivots
@@ -282,7 +280,19 @@ def _rref_mod(a: np.ndarray, p: int = PRIME) -> tuple[np.ndarray, list[int]]:
 def _rank_mod(a: np.ndarray, p: int = PRIME) -> int:
     if a.size == 0:
         return 0
-    return len(_rref_mod(a, p)[1])
+    return len(_echelon_mod(a, p)[1])
+
+
+def _kernel_vector_mod(echelon: np.ndarray, pivots: list[int], free_values: np.ndarray, p: int = PRIME) -> np.ndarray:
+    """The kernel vector of an echelon form whose free coordinates are ``free_values`` (back substitution)."""
+    cols = echelon.shape[1]
+    x = np.zeros(cols, dtype=np.int64)
+    free = np.setdiff1d(np.arange(cols), np.asarray(pivots, dtype=np.int64))
+    x[free] = free_values
+    for i in range(len(pivots) - 1, -1, -1):
+        # terms < p^2 are reduced before summing: at most `cols` terms < p, no int64 overflow
+        x[pivots[i]] = (-int(((echelon[i] * x) % p).sum())) % p
+    return x
 
 
 def _random_residues(shape: Sequence[int], generator: torch.Generator | None) -> np.ndarray:
@@ -353,19 +363,13 @@ def _random_stress_matrix_rank(pairs: np.ndarray, n: int, d: int, generator: tor
     """One trial of the stress test: rank of a random stress matrix, or -1 if the placement is not rigid."""
     pos = _random_residues((n, d), generator)
     rt = _rigidity_matrix_mod(pairs, pos).T  # (dn, E): its kernel is the stress space
-    rref, pivots = _rref_mod(rt)
+    echelon, pivots = _echelon_mod(rt)
     if len(pivots) < _max_rank(n, d):
         return -1
-    free = np.setdiff1d(np.arange(pairs.shape[0]), np.asarray(pivots, dtype=np.int64))
-    if free.size == 0:
+    num_free = pairs.shape[0] - len(pivots)
+    if num_free == 0:
         return 0
-    coef = _random_residues((free.size,), generator)
-    omega = np.zeros(pairs.shape[0], dtype=np.int64)
-    omega[free] = coef
-    acc = np.zeros(len(pivots), dtype=np.int64)
-    for f, c in zip(free, coef, strict=True):
-        acc = (acc + rref[:, f] * c) % PRIME
-    omega[np.asarray(pivots, dtype=np.int64)] = (-acc) % PRIME
+    omega = _kernel_vector_mod(echelon, pivots, _random_residues((num_free,), generator))
     stress = np.zeros((n, n), dtype=np.int64)
     i, j = pairs[:, 0], pairs[:, 1]
     stress[i, j] = (-omega) % PRIME
