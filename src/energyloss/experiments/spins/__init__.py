@@ -212,7 +212,6 @@ def _summarise(config: SpinsConfig, results: list[dict], data_info: dict, second
             {
                 "loss": loss,
                 "residual": _fmt(res),
-                "half": _fmt([v / 2 for v in res]),
                 "energy": _fmt([r["test_energy"] for r in recs]),
                 "accuracy": _fmt([100 * r["test_site_accuracy"] for r in recs]),
                 "exact": _fmt([100 * r["test_exact"] for r in recs]),
@@ -223,11 +222,10 @@ def _summarise(config: SpinsConfig, results: list[dict], data_info: dict, second
     ground = results[0]["record"]["test_energy_ground"] if results else float("nan")
     table = markdown_table(
         rows,
-        ["loss", "residual", "half", "energy", "accuracy", "exact", "epochs", "paper"],
+        ["loss", "residual", "energy", "accuracy", "exact", "epochs", "paper"],
         headers=[
             "loss",
             "test residual E - E_gs",
-            "residual / 2",
             "test energy E",
             "site acc. %",
             "exact GS %",
