@@ -104,32 +104,37 @@ def _csv(kind):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``energyloss run spins``; unset options keep the preset's value."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--size", type=int, help="lattice side L")
-    g.add_argument("--periodic", action="store_true", default=None, help="periodic boundaries (MILP solver: slow)")
-    g.add_argument("--n-train", type=int, help="training instances")
-    g.add_argument("--n-val", type=int, help="validation instances (early stopping)")
-    g.add_argument("--n-test", type=int, help="test instances")
-    g.add_argument("--data-seed", type=int, help="seed of the instances")
+    """Options of ``energyloss run spins``; an option not given keeps the preset's value."""
+
+    def opt(group, flag, **kwargs):
+        group.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+
+    note = "options not given keep the value of --preset"
+    g = parser.add_argument_group("data", note)
+    opt(g, "--size", type=int, help="lattice side L")
+    opt(g, "--periodic", action="store_true", help="periodic boundaries (MILP solver: slow)")
+    opt(g, "--n-train", type=int, help="training instances")
+    opt(g, "--n-val", type=int, help="validation instances (early stopping)")
+    opt(g, "--n-test", type=int, help="test instances")
+    opt(g, "--data-seed", type=int, help="seed of the instances")
     g.add_argument("--cache-dir", default=None, help="data cache (default: $ENERGYLOSS_CACHE or ~/.cache/energyloss)")
-    g = parser.add_argument_group("model and training")
-    g.add_argument("--channels", type=int, help="CNN width")
-    g.add_argument("--depth", type=int, help="residual blocks")
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--max-epochs", type=int)
-    g.add_argument("--patience", type=int, help="early-stopping patience (epochs without a better val energy)")
-    g.add_argument("--temperature", type=float, help="T of the local and true energy losses")
-    g.add_argument("--h0", type=float, help="offset of the local-field weights (> 4: data is the unique minimiser)")
-    g.add_argument("--losses", type=_csv(str), help="comma-separated, from: " + ", ".join(LOSSES))
-    g.add_argument("--seeds", type=_csv(int), help="comma-separated training seeds")
-    g = parser.add_argument_group("execution")
-    g.add_argument("--workers", type=int, help="parallel processes (data generation and training jobs)")
-    g.add_argument("--threads", type=int, help="torch threads per process")
-    g.add_argument("--device", help="torch device, e.g. cpu or cuda")
-    g.add_argument("--amp", action="store_true", default=None, help="bfloat16 autocast for the CNN on CUDA")
-    g.add_argument("--time-limit", type=float, help="seconds of training per job before it stops early")
+    g = parser.add_argument_group("model and training", note)
+    opt(g, "--channels", type=int, help="CNN width")
+    opt(g, "--depth", type=int, help="residual blocks")
+    opt(g, "--batch-size", type=int, help="instances per step")
+    opt(g, "--lr", type=float, help="Adam learning rate")
+    opt(g, "--max-epochs", type=int, help="epochs at most")
+    opt(g, "--patience", type=int, help="early-stopping patience (epochs without a better val energy)")
+    opt(g, "--temperature", type=float, help="T of the local and true energy losses")
+    opt(g, "--h0", type=float, help="offset of the local-field weights (> 4: data is the unique minimiser)")
+    opt(g, "--losses", type=_csv(str), help="comma-separated, from: " + ", ".join(LOSSES))
+    opt(g, "--seeds", type=_csv(int), help="comma-separated training seeds")
+    g = parser.add_argument_group("execution", note)
+    opt(g, "--workers", type=int, help="parallel processes (data generation and training jobs)")
+    opt(g, "--threads", type=int, help="torch threads per process")
+    opt(g, "--device", help="torch device, e.g. cpu or cuda")
+    opt(g, "--amp", action="store_true", help="bfloat16 autocast for the CNN on CUDA")
+    opt(g, "--time-limit", type=float, help="seconds of training per job before it stops early")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -241,7 +246,8 @@ def _summarise(config: SpinsConfig, results: list[dict], data_info: dict, second
         f"(patience {config.patience}); T = {config.temperature}, h0 = {config.h0}; seeds {list(config.seeds)}.\n"
         f"Mean ± std over seeds. Mean ground-state energy of the test set: {ground:.2f}.\n\n"
         f"{table}\n\n"
-        f"Data: {data_info}\nTotal time {seconds / 60:.1f} min.\n"
+        "Data: " + ", ".join(f"{split} {how}" for split, how in data_info.items()) + ".\n"
+        f"Total time {seconds / 60:.1f} min.\n"
     )
     return text, metrics
 
