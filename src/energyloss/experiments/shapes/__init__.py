@@ -71,6 +71,7 @@ _OPTIONS: list[tuple[str, str, type, str | None, str]] = [
     ("--flow-sample-steps", "flow_sample_steps", int, None, "flow matching: Euler steps when sampling"),
     ("--workers", "workers", int, None, "parallel worker processes (one thread each)"),
     ("--threads", "threads", int, None, "torch threads when --workers 1"),
+    ("--device", "device", str, None, "torch device to train on (cpu, cuda); data and metrics stay on the CPU"),
 ]
 
 

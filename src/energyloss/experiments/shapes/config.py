@@ -103,6 +103,7 @@ class ShapesConfig:
     n_figure: int = 8
     workers: int = 2
     threads: int | None = None
+    device: str = "cpu"
 
     @property
     def theta_aug(self) -> float:

@@ -103,7 +103,7 @@ def _cost(task: dict, cfg: ShapesConfig) -> float:
 
 
 def _fingerprint(task: dict, cfg: ShapesConfig) -> str:
-    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "threads")}
+    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "threads", "device")}
     blob = json.dumps(
         [task["kind"], task["loss"], task["coefficients"], task["n_vertices"], task["specs"], relevant],
         sort_keys=True,
@@ -151,6 +151,7 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
         figure_radius=figure_radius,
         figure_specs=task["figure_specs"],
         desc=task["name"] if show_progress else "",
+        device=cfg.device,
     )
     start = time.perf_counter()
     if flow:

@@ -56,15 +56,16 @@ def sample_flow(
     """
     m = mlp.num_models
     s = radius.shape[0]
+    device = mlp.weights[0].device
     noise = noise_scale * torch.randn(s, n_vertices, 2, generator=generator, dtype=radius.dtype)
-    x = noise.unsqueeze(0).expand(m, -1, -1, -1).clone()
-    r = radius.unsqueeze(0).expand(m, -1)
+    x = noise.to(device).unsqueeze(0).expand(m, -1, -1, -1).clone()
+    r = radius.to(device).unsqueeze(0).expand(m, -1)
     grid = torch.linspace(1.0, 0.0, steps + 1, dtype=radius.dtype)
     with torch.no_grad():
         for k in range(steps):
-            t = torch.full((m, s), float(grid[k]), dtype=radius.dtype)
-            x = x - (grid[k] - grid[k + 1]) * _velocity(mlp, x, t, r)
-    return x
+            t = torch.full((m, s), float(grid[k]), dtype=radius.dtype, device=device)
+            x = x - float(grid[k] - grid[k + 1]) * _velocity(mlp, x, t, r)
+    return x.cpu()
 
 
 def train_flow_group(
@@ -86,6 +87,7 @@ def train_flow_group(
     figure_radius: Tensor | None = None,
     figure_specs: Sequence[int] = (),
     desc: str = "",
+    device: str | torch.device = "cpu",
 ) -> tuple[list[dict], dict[int, list]]:
     r"""Train ``len(specs)`` conditional flow-matching MLPs with one sample-space loss; sample and score them.
 
@@ -104,10 +106,11 @@ def train_flow_group(
     if steps_per_epoch < 1:
         raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
     m_count = len(specs)
-    seed_row = torch.tensor([seeds.index(s.seed) for s in specs])
-    radius_all = torch.stack([train_sets[s].radius for s in seeds])
-    u_all = torch.stack([train_sets[s].u for s in seeds])
-    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype).unsqueeze(-1)
+    device = torch.device(device)
+    seed_row = torch.tensor([seeds.index(s.seed) for s in specs], device=device)
+    radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)
+    u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
+    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)
     order_gens = [torch.Generator().manual_seed(derived_seed(s, "batch-order")) for s in seeds]
     noise_gens = [torch.Generator().manual_seed(derived_seed(s, "flow-noise")) for s in seeds]
     graph_gen = torch.Generator().manual_seed(derived_seed(loss, coefficients, n_vertices, "flow-graphs"))
@@ -120,17 +123,17 @@ def train_flow_group(
         (2 * n_vertices + 2, *hidden, 2 * n_vertices),
         seeds=[derived_seed(s.seed, "flow-init") for s in specs],
         activation="silu",
-    )
+    ).to(device)
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
-    alive = torch.ones(m_count, dtype=torch.bool)
-    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64)
+    alive = torch.ones(m_count, dtype=torch.bool, device=device)
+    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
     start = time.perf_counter()
     perms = None
     total = epochs * steps_per_epoch
     for step in progress(range(total), desc=desc, total=total):
         k = step % steps_per_epoch
         if k == 0:
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens])
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens]).to(device)
         idx = perms[:, k * batch_size : (k + 1) * batch_size][seed_row]
         radius = torch.gather(radius_all[seed_row], 1, idx)
         x0 = regular_polygon(radius, n_vertices, rotation=torch.gather(u_all[seed_row], 1, idx) * theta)
@@ -141,8 +144,8 @@ def train_flow_group(
             )
             for g in noise_gens
         ]
-        noise = torch.stack([d[0] for d in draws])[seed_row]  # (M, B, N, 2)
-        t = torch.stack([d[1] for d in draws])[seed_row]  # (M, B)
+        noise = torch.stack([d[0] for d in draws]).to(device)[seed_row]  # (M, B, N, 2)
+        t = torch.stack([d[1] for d in draws]).to(device)[seed_row]  # (M, B)
         xt = flow_matching_interpolate(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view_as(x0)
         v = _velocity(mlp, xt, t, radius)
         alive &= torch.isfinite(v.detach()).flatten(1).all(1)
@@ -171,7 +174,9 @@ def train_flow_group(
         )
         target = regular_polygon(data.radius, n_vertices)
         results[name] = [
-            shape_metrics(samples[m] if bool(alive[m]) else torch.full_like(samples[m], math.nan), target, data.radius)
+            shape_metrics(
+                samples[m] if bool(alive[m].cpu()) else torch.full_like(samples[m], math.nan), target, data.radius
+            )
             for m in range(m_count)
         ]
     records = []

@@ -113,7 +113,9 @@ class StackedAdam:
         eps: float = 1e-8,
     ) -> None:
         self.params = list(params)
-        self.lr = torch.as_tensor(lr, dtype=torch.float32).flatten()
+        if not self.params:
+            raise ValueError("params must hold at least one tensor")
+        self.lr = torch.as_tensor(lr, dtype=torch.float32).flatten().to(self.params[0].device)
         for p in self.params:
             if p.shape[0] != self.lr.shape[0]:
                 raise ValueError(f"every parameter needs a leading model dimension {self.lr.shape[0]}, got {p.shape}")

@@ -73,7 +73,7 @@ def plot_samples(
         title = f"{title}\nradii {radius[0]:.2f} .. {radius[-1]:.2f} (dark to light); o = vertex 0"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -118,7 +118,7 @@ def plot_sweep(rows: Sequence[dict], path: Path, *, x: str, xlabel: str, title: 
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -51,17 +51,19 @@ def derived_seed(*parts: object) -> int:
 
 
 def predict(mlp: StackedMLP, radius: Tensor, n_vertices: int, *, chunk: int = 4096) -> Tensor:
-    """Predictions of every model for the same radii: ``radius (S,) -> (M, S, N, 2)``, without gradients."""
+    """Predictions of every model for the same radii: ``radius (S,) -> (M, S, N, 2)`` on the CPU, no gradients."""
     outs = []
+    device = mlp.weights[0].device
     with torch.no_grad():
-        for r in radius.split(chunk):
+        for r in radius.to(device).split(chunk):
             x = r.view(1, -1, 1).expand(mlp.num_models, -1, -1)
             outs.append(mlp(x).view(mlp.num_models, r.shape[0], n_vertices, 2))
-    return torch.cat(outs, dim=1)
+    return torch.cat(outs, dim=1).cpu()
 
 
 def _evaluate(pred: Tensor, radius: Tensor, n_vertices: int, alive: Tensor) -> list[dict[str, float]]:
     target = regular_polygon(radius, n_vertices)  # the metrics are rotation invariant: no need for the angles
+    alive = alive.cpu()
     out = []
     for m in range(pred.shape[0]):
         if bool(alive[m]):
@@ -87,6 +89,7 @@ def train_group(
     figure_radius: Tensor | None = None,
     figure_specs: Sequence[int] = (),
     desc: str = "",
+    device: str | torch.device = "cpu",
 ) -> tuple[list[dict], dict[int, list]]:
     r"""Train ``len(specs)`` MLPs with one loss and return their records (validation and test metrics).
 
@@ -103,6 +106,7 @@ def train_group(
         figure_radius: ``(F,)`` radii whose predictions are returned for the sample figures.
         figure_specs: indices into ``specs`` of the models whose figure predictions are wanted.
         desc: progress-bar label.
+        device: where the models train (data are drawn on the CPU, metrics computed on the CPU).
 
     Returns:
         ``(records, figure)``: one dict per spec (in order) and ``{spec index: (F, N, 2) nested list}``.
@@ -121,18 +125,19 @@ def train_group(
         raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
 
     m_count = len(specs)
-    seed_row = torch.tensor([seeds.index(s.seed) for s in specs])
-    radius_all = torch.stack([train_sets[s].radius for s in seeds])  # (S, n_train)
-    u_all = torch.stack([train_sets[s].u for s in seeds])
-    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype).unsqueeze(-1)  # (M, 1)
+    device = torch.device(device)
+    seed_row = torch.tensor([seeds.index(s.seed) for s in specs], device=device)
+    radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)  # (S, n_train)
+    u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
+    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)  # (M, 1)
     order_gens = [torch.Generator().manual_seed(derived_seed(s, "batch-order")) for s in seeds]
     graph_gen = torch.Generator().manual_seed(derived_seed(loss, coefficients, n_vertices, "graphs"))
     loss_fn = make_loss(loss, coefficients=coefficients, pool=pool, generator=graph_gen)
 
-    mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[derived_seed(s.seed, "init") for s in specs])
+    mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[derived_seed(s.seed, "init") for s in specs]).to(device)
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
-    alive = torch.ones(m_count, dtype=torch.bool)
-    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64)
+    alive = torch.ones(m_count, dtype=torch.bool, device=device)
+    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
 
     start = time.perf_counter()
     bar = progress(range(epochs * steps_per_epoch), desc=desc, total=epochs * steps_per_epoch)
@@ -140,7 +145,7 @@ def train_group(
     for step in bar:
         k = step % steps_per_epoch
         if k == 0:
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens])  # (S, n_train)
+            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens]).to(device)  # (S, n_train)
             if step // steps_per_epoch == epochs - 1:
                 last_epoch_loss.zero_()
         idx = perms[:, k * batch_size : (k + 1) * batch_size][seed_row]  # (M, B)
