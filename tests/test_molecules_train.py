@@ -273,5 +273,11 @@ def test_cli_end_to_end_on_synthetic_data(tmp_path):
     ns = argparse.Namespace(preset="smoke", loss="energy", coefficients="inverse", losses=None, model="egnn")
     cfg = T.config_from_args(ns)
     assert cfg.losses == ("energy:inverse",) and cfg.model == "egnn" and cfg.hidden_nf == 16
+    paper = T.config_from_args(argparse.Namespace(preset="paper", loss=None, coefficients=None, losses=None))
+    assert (paper.n_layers, paper.hidden_nf, paper.diffusion_steps, paper.batch_size) == (9, 256, 1000, 512)
+    paper_edm = T.config_from_args(
+        argparse.Namespace(preset="paper", loss="mse", coefficients=None, losses=None, model="egnn")
+    )
+    assert paper_edm.batch_size == 400 and paper_edm.ema_decay == 0.9999
     with pytest.raises(ValueError, match="--coefficients needs"):
         T.config_from_args(argparse.Namespace(preset="smoke", loss=None, coefficients="exp", losses=None))
