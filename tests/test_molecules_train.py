@@ -117,6 +117,34 @@ def test_energy_term_is_zero_for_a_rigidly_moved_clean_prediction():
     assert model._position_term(bent, z, x, eps, alpha, sigma, mask, None).min() > 1e-4
 
 
+def test_authors_feature_distance_coefficients_match_a_direct_sum():
+    model = _model("energy").double()
+    model.coefficient_distance = "features"
+    b = _batch()
+    mask = b["mask"]
+    x, h = model.encode(b["positions"].double(), b["one_hot"], b["charges"], mask)
+    t = torch.tensor([2, 5, 9, 14])
+    alpha, sigma = model.schedule.alpha(t), model.schedule.sigma(t)
+    g = torch.Generator().manual_seed(0)
+    eps = center(torch.randn(x.shape, generator=g, dtype=torch.float64), mask=mask)
+    pred = center(torch.randn(x.shape, generator=g, dtype=torch.float64), mask=mask)
+    z = alpha[:, None, None] * x + sigma[:, None, None] * eps
+    ours = model._position_term(pred, z, x, eps, alpha, sigma, mask, None, h)
+    x_hat = (z - sigma[:, None, None] * pred) / alpha[:, None, None]
+    xh = torch.cat([x, h], -1)
+    for s in range(4):
+        n = int(mask[s].sum())
+        total = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                k = 42.0 * torch.exp(-(xh[s, i] - xh[s, j]).norm())
+                total += k * ((x[s, i] - x[s, j]).norm() - (x_hat[s, i] - x_hat[s, j]).norm()) ** 2
+        expected = total / n * alpha[s] ** 2 / sigma[s] ** 2
+        torch.testing.assert_close(ours[s], expected)
+    with pytest.raises(ValueError, match="energy' only"):
+        MoleculeDiffusion(GNNDynamics(6, hidden_nf=4, n_layers=1), n_types=5, coefficient_distance="features")
+
+
 def test_loss_of_a_molecule_does_not_depend_on_its_batch_mates():
     model = _model("energy")
     b = _batch(6)

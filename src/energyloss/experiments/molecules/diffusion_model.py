@@ -34,7 +34,8 @@ Differences from the authors' EDM fork (authors-code.md §3), all deliberate:
 
 - the MSE denominators use each molecule's own atom count ``n``, not the padded width of the batch (so a
   molecule's loss does not depend on its batch-mates, which also makes data-parallel training exact);
-- coefficients use target positions only (theirs mix scaled one-hot and charge channels into the distance);
+- coefficients use target positions only (theirs mix scaled one-hot and charge channels into the distance:
+  ``coefficient_distance="features"`` reproduces that, for the dense energy);
 - :math:`t = 0` is not drawn in training (EDM replaces that 1-in-1001 term by a discretised likelihood
   :math:`L_0`), and the network-independent terms (KL prior, :math:`\log p(N)`) are omitted: neither changes the
   gradient of the other terms;
@@ -59,7 +60,7 @@ from energyloss.alignment import kabsch_mse_loss
 from energyloss.atomistic import pair_energy_loss
 from energyloss.coefficients import COEFFICIENT_SCHEMES
 from energyloss.diffusion import NoiseSchedule, diffusion_sample_loss
-from energyloss.geometry import center
+from energyloss.geometry import center, pairwise_distances
 
 __all__ = [
     "AUTHORS_K0",
@@ -130,6 +131,26 @@ def make_coefficients(name: str, *, k0: float | None = None):
     return COEFFICIENT_SCHEMES[name](k0=AUTHORS_K0[name] if k0 is None else float(k0))
 
 
+class _FeatureDistanceCoefficients:
+    """The authors' EDM coefficients: the scheme applied to distances between ``[x, h]`` rows, not positions.
+
+    Called by the dense path of :func:`~energyloss.pair_energy_loss` with the ``(B, N, N)`` target distances,
+    it returns ``scheme(|[x,h]_i - [x,h]_j|)`` of the same shape (and refuses any other layout).
+    """
+
+    def __init__(self, scheme, features: Tensor) -> None:
+        self.scheme = scheme
+        self.feature_distances = pairwise_distances(features)
+
+    def __call__(self, distance: Tensor) -> Tensor:
+        if distance.shape != self.feature_distances.shape:
+            raise ValueError(
+                f"feature-distance coefficients need the dense (B, N, N) layout {tuple(self.feature_distances.shape)},"
+                f" got distances of shape {tuple(distance.shape)}"
+            )
+        return self.scheme(self.feature_distances.to(distance.dtype))
+
+
 class MoleculeDiffusion(nn.Module):
     r"""EDM-style diffusion over (positions, atom features) with a selectable positional loss.
 
@@ -145,6 +166,9 @@ class MoleculeDiffusion(nn.Module):
         position_weight: :math:`w`.
         norm_factors: EDM's ``(f_0, f_1, f_2)`` for positions, one-hot and charges.
         pool: a :class:`~energyloss.rigidity.RigidGraphPool` (3-D) for ``"sparse_energy"``.
+        coefficient_distance: ``"positions"`` (the paper: :math:`k_{ij} = k(\|x_i - x_j\|)`) or ``"features"``
+            (the authors' EDM fork: :math:`k(\|[x, h]_i - [x, h]_j\|)` over positions and scaled features;
+            dense ``"energy"`` only).
 
     Example:
         >>> from energyloss.experiments.molecules.models import GNNDynamics
@@ -173,12 +197,17 @@ class MoleculeDiffusion(nn.Module):
         position_weight: float = 1.0,
         norm_factors: Sequence[float] = (1.0, 4.0, 10.0),
         pool=None,
+        coefficient_distance: str = "positions",
     ) -> None:
         super().__init__()
         if position_loss not in POSITION_LOSSES:
             raise ValueError(f"position_loss must be one of {POSITION_LOSSES}, got {position_loss!r}")
         if position_loss == "sparse_energy" and pool is None:
             raise ValueError("position_loss='sparse_energy' needs pool (a RigidGraphPool in 3-D)")
+        if coefficient_distance not in ("positions", "features"):
+            raise ValueError(f"coefficient_distance must be 'positions' or 'features', got {coefficient_distance!r}")
+        if coefficient_distance == "features" and position_loss != "energy":
+            raise ValueError("coefficient_distance='features' is implemented for position_loss='energy' only")
         if len(norm_factors) != 3:
             raise ValueError(f"norm_factors must hold 3 numbers (positions, one-hot, charges), got {norm_factors!r}")
         self.dynamics = dynamics
@@ -192,6 +221,7 @@ class MoleculeDiffusion(nn.Module):
         self.position_weight = float(position_weight)
         self.norm_factors = tuple(float(f) for f in norm_factors)
         self.pool = pool
+        self.coefficient_distance = coefficient_distance
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
@@ -236,7 +266,16 @@ class MoleculeDiffusion(nn.Module):
     # -- training objective --------------------------------------------------------------------------------------
 
     def _position_term(
-        self, pred_x: Tensor, z_x: Tensor, x: Tensor, eps_x: Tensor, alpha: Tensor, sigma: Tensor, mask: Tensor, gen
+        self,
+        pred_x: Tensor,
+        z_x: Tensor,
+        x: Tensor,
+        eps_x: Tensor,
+        alpha: Tensor,
+        sigma: Tensor,
+        mask: Tensor,
+        gen,
+        h: Tensor | None = None,
     ) -> Tensor:
         denom = (3 + self.n_features) * mask.sum(-1).clamp_min(1).to(x.dtype)
         m = mask.unsqueeze(-1)
@@ -249,6 +288,9 @@ class MoleculeDiffusion(nn.Module):
             per = diffusion_sample_loss(kabsch_mse_loss, pred_x, z_x, x, alpha, sigma, mask=mask, reduction="none")
             return per * (3.0 / (3 + self.n_features))
         if kind == "energy":
+            coefficients = self.coefficients
+            if self.coefficient_distance == "features":
+                coefficients = _FeatureDistanceCoefficients(self.coefficients, torch.cat([x, h], -1).detach())
             return diffusion_sample_loss(
                 pair_energy_loss,
                 pred_x,
@@ -257,7 +299,7 @@ class MoleculeDiffusion(nn.Module):
                 alpha,
                 sigma,
                 mask=mask,
-                coefficients=self.coefficients,
+                coefficients=coefficients,
                 normalize="atoms",
                 reduction="none",
             )
@@ -319,7 +361,7 @@ class MoleculeDiffusion(nn.Module):
         pred_x, pred_h = self.dynamics(z_x, z_h, t.to(dtype) / self.steps, mask)
         denom = (3 + self.n_features) * mask.sum(-1).clamp_min(1).to(dtype)
         types = torch.where(m, (pred_h - eps_h).square(), 0.0).sum((1, 2)) / denom
-        position = self._position_term(pred_x, z_x, x, eps_x, alpha, sigma, mask, edge_generator)
+        position = self._position_term(pred_x, z_x, x, eps_x, alpha, sigma, mask, edge_generator, h)
         loss = 0.5 * (types + self.position_weight * position)
         return {"loss": loss, "position": position.detach(), "types": types.detach(), "t": t}
 

@@ -119,6 +119,7 @@ class QM9Config:
     lr: float | None = None
     position_weight: float | None = None
     k0: float | None = None
+    coefficient_distance: str = "positions"
     optimizer: str = "adam"
     grad_clip: str = "queue"
     ema_decay: float = 0.9999
@@ -388,6 +389,7 @@ def _build_model(cfg: QM9Config, loss_spec: str, device: torch.device) -> tuple[
         k0=cfg.k0,
         position_weight=weight,
         pool=pool,
+        coefficient_distance=cfg.coefficient_distance,
     )
     return model.to(device), lr
 
@@ -802,6 +804,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=None, help="default: paper Tables 6-7")
     parser.add_argument("--position-weight", type=float, default=None, help="default: paper Tables 6-7")
     parser.add_argument("--k0", type=float, default=None, help="coefficient scale (default: the authors' constants)")
+    parser.add_argument(
+        "--coefficient-distance",
+        choices=["positions", "features"],
+        default=None,
+        help="distance inside k_ij: target positions (paper) or positions + scaled atom features (authors' EDM fork)",
+    )
     parser.add_argument("--optimizer", choices=["adam", "adamw"], default=None)
     parser.add_argument("--grad-clip", default=None, help="'queue' (EDM's adaptive), 'none', or a max norm")
     parser.add_argument("--ema-decay", type=float, default=None)
