@@ -477,3 +477,12 @@ def test_cli_end_to_end_every_loss(tmp_path, capsys):
     again = json.loads((out / "metrics.json").read_text())["records"]
     assert [r["quality"] for r in again] == [r["quality"] for r in records]
     assert "resuming" in capsys.readouterr().err
+
+
+def test_cli_rejects_bad_options_cleanly(tmp_path, capsys):
+    from energyloss.cli import main
+
+    assert main(["run", "shapes", "--losses", "energy", "--out", str(tmp_path / "a")]) == 2
+    assert "needs a coefficient scheme" in capsys.readouterr().err
+    assert main(["run", "shapes", "--theta-aug", "2", "--out", str(tmp_path / "b")]) == 2
+    assert "fractions of pi" in capsys.readouterr().err

@@ -131,8 +131,12 @@ def _reading(cfg: ShapesConfig, rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the experiment for the parsed ``args`` (see :func:`add_arguments`); return 0."""
-    cfg = _config_from_args(args)
+    """Run the experiment for the parsed ``args`` (see :func:`add_arguments`); return 0 (2 for a bad option)."""
+    try:
+        cfg = _config_from_args(args)
+    except ValueError as err:
+        print(f"energyloss run shapes: {err}", file=sys.stderr)
+        return 2
     preset = getattr(args, "preset", "default") or "default"
     run_dir = make_run_dir(getattr(args, "out", None), "shapes")
     machine = machine_info()

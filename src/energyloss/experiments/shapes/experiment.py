@@ -274,6 +274,12 @@ def select_best(records: Iterable[dict], select_by: str) -> list[dict]:
 
     The learning rate with the best mean validation ``select_by`` over seeds wins (highest quality, or lowest
     ``distance_rmse``); diverged or non-finite models count as worst. Returns the list of records.
+
+    Example:
+        >>> recs = [dict(loss="mse", coefficients=None, theta_aug=0.0, n_vertices=5, lr=lr, val_quality=q)
+        ...         for lr, q in [(0.1, 3.0), (0.01, 4.0)]]
+        >>> [r["lr"] for r in select_best(recs, "quality") if r["selected"]]
+        [0.01]
     """
     records = list(records)
     by_setting: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))

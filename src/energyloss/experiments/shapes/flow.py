@@ -53,6 +53,11 @@ def sample_flow(
     Integrates :math:`x \leftarrow x - \Delta t\, \hat u(x, t, r)` on a uniform grid from ``t = 1`` to ``t = 0``
     (``steps`` steps), starting from Gaussian noise of standard deviation ``noise_scale`` (the same draw for every
     model).
+
+    Example:
+        >>> mlp = StackedMLP((2 * 5 + 2, 16, 2 * 5), seeds=[0, 1, 2])
+        >>> sample_flow(mlp, torch.ones(4), 5, steps=3, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 4, 5, 2])
     """
     m = mlp.num_models
     s = radius.shape[0]

@@ -51,7 +51,12 @@ def derived_seed(*parts: object) -> int:
 
 
 def predict(mlp: StackedMLP, radius: Tensor, n_vertices: int, *, chunk: int = 4096) -> Tensor:
-    """Predictions of every model for the same radii: ``radius (S,) -> (M, S, N, 2)`` on the CPU, no gradients."""
+    """Predictions of every model for the same radii: ``radius (S,) -> (M, S, N, 2)`` on the CPU, no gradients.
+
+    Example:
+        >>> predict(StackedMLP((1, 8, 10), seeds=[0, 1]), torch.tensor([1.0, 2.0, 3.0]), 5).shape
+        torch.Size([2, 3, 5, 2])
+    """
     outs = []
     device = mlp.weights[0].device
     with torch.no_grad():
@@ -110,6 +115,15 @@ def train_group(
 
     Returns:
         ``(records, figure)``: one dict per spec (in order) and ``{spec index: (F, N, 2) nested list}``.
+
+    Example:
+        >>> from energyloss.experiments.shapes.data import sample_shapes
+        >>> data = sample_shapes(64, generator=torch.Generator().manual_seed(0))
+        >>> specs = [ModelSpec(theta_aug=math.pi, lr=1e-2, seed=0), ModelSpec(theta_aug=0.0, lr=1e-2, seed=0)]
+        >>> records, _ = train_group("mse", None, 5, specs, train_sets={0: data}, val=data, test=data, epochs=1,
+        ...                          batch_size=32)
+        >>> [(r["theta_aug"], r["lr"]) for r in records] == [(math.pi, 0.01), (0.0, 0.01)]
+        True
     """
     if not specs:
         return [], {}
