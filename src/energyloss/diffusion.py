@@ -249,7 +249,8 @@ def flow_matching_loss(
     Args:
         loss_fn: ``loss_fn(pred, target, *, reduction="none", **loss_kwargs) -> (B,)``.
         velocity_pred: ``(B, N, D)`` predicted velocity; xt: ``(B, N, D)`` interpolant; x0: ``(B, N, D)`` data.
-        t: ``(B,)`` times in ``(0, 1]``; ``t = 0`` is rejected (the weight is infinite there).
+        t: ``(B,)`` times in ``(0, 1]``; ``t = 0`` is rejected for CPU tensors (the weight is infinite there;
+            accelerator tensors are not checked, to avoid a device synchronisation per call).
         reduction: over structures.
 
     Example:
@@ -260,7 +261,8 @@ def flow_matching_loss(
         tensor(True)
     """
     t = torch.as_tensor(t)
-    if t.numel() and float(t.min()) <= 0:
+    # Checked for CPU tensors only: on an accelerator the check would synchronise the device at every call.
+    if t.device.type == "cpu" and t.numel() and float(t.min()) <= 0:
         raise ValueError("t must be > 0 in flow_matching_loss: the 1/t^2 weight is infinite at t = 0")
     x0_hat = flow_matching_x0_from_velocity(xt, velocity_pred, t)
     per = loss_fn(x0_hat, x0, reduction="none", **loss_kwargs)
