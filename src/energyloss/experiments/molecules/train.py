@@ -653,9 +653,10 @@ def train_model(
             over = _all_reduce_sum([float(train_seconds >= time_limit)], device)[0] > 0
             if over:  # every rank stops at the same step
                 total_steps = step
-        if step % eval_steps == 0 or step == total_steps:
+        periodic = step % eval_steps == 0 and total_steps - step >= eval_steps // 2  # no near-duplicate last eval
+        if periodic or step == total_steps:
             run_eval()
-        if step % cfg.checkpoint_every == 0 or step == total_steps or step % eval_steps == 0:
+        if step % cfg.checkpoint_every == 0 or step == total_steps or periodic:
             checkpoint()
         if on_step is not None:
             on_step(step)
@@ -680,18 +681,20 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     except ImportError:  # pragma: no cover - matplotlib is in the plots extra
         print("convergence plot skipped: matplotlib is not installed (pip install 'energyloss[plots]')")
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [
+        ("epoch", "molecule_stability", "epoch", "molecule stability (%)"),
+        ("epoch", "atom_stability", "epoch", "atom stability (%)"),
+        ("epoch", "validity", "epoch", "validity (%)"),
+        ("train_minutes", "atom_stability", "training time (min)", "atom stability (%)"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     for loss in dict.fromkeys(r["loss"] for r in records):
         rs = [r for r in records if r["loss"] == loss]
-        ep = [r["epoch"] for r in rs]
-        axes[0].plot(ep, [100 * (r["molecule_stability"] or 0) for r in rs], marker="o", label=loss)
-        axes[1].plot(ep, [100 * (r["atom_stability"] or 0) for r in rs], marker="o", label=loss)
-        axes[2].plot(
-            [r["train_seconds"] / 60 for r in rs], [100 * (r["molecule_stability"] or 0) for r in rs], marker="o"
-        )
-    axes[0].set(xlabel="epoch", ylabel="molecule stability (%)")
-    axes[1].set(xlabel="epoch", ylabel="atom stability (%)")
-    axes[2].set(xlabel="training time (min)", ylabel="molecule stability (%)")
+        for ax, (xkey, ykey, _, _) in zip(axes, panels, strict=True):
+            xs = [r["train_seconds"] / 60 if xkey == "train_minutes" else r[xkey] for r in rs]
+            ax.plot(xs, [100 * (r[ykey] or 0) for r in rs], marker="o", label=loss)
+    for ax, (_, _, xlabel, ylabel) in zip(axes, panels, strict=True):
+        ax.set(xlabel=xlabel, ylabel=ylabel)
     axes[0].legend()
     fig.suptitle(f"{records[0]['model']} on QM9: stability of EMA samples during training")
     fig.tight_layout()
