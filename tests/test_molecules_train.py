@@ -17,6 +17,7 @@ from energyloss.experiments.molecules.diffusion_model import (
     AUTHORS_K0,
     POSITION_LOSSES,
     MoleculeDiffusion,
+    draw_pool_edges,
     make_coefficients,
     paper_hyperparameters,
 )
@@ -115,6 +116,26 @@ def test_energy_term_is_zero_for_a_rigidly_moved_clean_prediction():
     assert shifted.abs().max() < 1e-8
     bent = pred + torch.where(mask[..., None], 0.1 * torch.randn(pred.shape, dtype=torch.float64), 0.0)
     assert model._position_term(bent, z, x, eps, alpha, sigma, mask, None).min() > 1e-4
+
+
+def test_pool_edges_of_a_padded_batch_equal_the_per_molecule_sparse_loss():
+    from energyloss import pair_energy_loss
+    from energyloss.rigidity import RigidGraphPool
+
+    pool = RigidGraphPool(3, size=5, seed=0)
+    g = torch.Generator().manual_seed(0)
+    num = torch.tensor([12, 9, 12, 4, 10])
+    mask = torch.arange(12)[None] < num[:, None]
+    edges = draw_pool_edges(pool, num, generator=g)
+    pred, target = torch.randn(5, 12, 3, generator=g), torch.randn(5, 12, 3, generator=g)
+    batched = pair_energy_loss(pred, target, edges=edges, mask=mask, coefficients="exp", reduction="none")
+    for b, n in enumerate(num.tolist()):
+        e_n = pool.graphs(n).shape[-1]
+        own = edges[b, :, :e_n]
+        assert any(torch.equal(own, graph) for graph in pool.graphs(n)), "not a graph of the pool"
+        assert bool((edges[b, 0, e_n:] >= n).all())  # padding pairs touch a padded slot
+        single = pair_energy_loss(pred[b, :n], target[b, :n], edges=own, coefficients="exp")
+        torch.testing.assert_close(batched[b], single)
 
 
 def test_authors_feature_distance_coefficients_match_a_direct_sum():

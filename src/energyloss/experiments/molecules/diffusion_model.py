@@ -18,9 +18,9 @@ where the positional term :math:`\ell_x` is (``position_loss``):
 ``"mae"``          :math:`\|\epsilon_x - \hat\epsilon_x\|_1 / ((3+F) n)` (the authors' ``mae`` mode)
 ``"kabsch_mse"``   :math:`\mathrm{SNR}_t\,\frac{3}{3+F}\,\mathrm{KabschMSE}(\hat x, x)` (the authors' ``kabsch``)
 ``"energy"``       :math:`\mathrm{SNR}_t\, E(\hat x, x) / n` with :func:`energyloss.pair_energy_loss` (Eq. 11)
-``"sparse_energy"``  the same over a globally rigid random graph per molecule
-                   (:func:`energyloss.rigidity.sparse_pair_energy_loss` with a
-                   :class:`~energyloss.rigidity.RigidGraphPool`)
+``"sparse_energy"``  the same over a globally rigid random graph per molecule, drawn from a
+                   :class:`~energyloss.rigidity.RigidGraphPool` (:func:`draw_pool_edges`; the
+                   sparse loss of :func:`energyloss.rigidity.sparse_pair_energy_loss`)
 =================  =============================================================================================
 
 and :math:`\hat x = (z_{t,x} - \sigma_t \hat\epsilon_x) / \alpha_t` (:func:`energyloss.diffusion.x0_from_eps`;
@@ -67,6 +67,7 @@ __all__ = [
     "PAPER_HYPERPARAMETERS",
     "POSITION_LOSSES",
     "MoleculeDiffusion",
+    "draw_pool_edges",
     "make_coefficients",
     "paper_hyperparameters",
 ]
@@ -129,6 +130,42 @@ def make_coefficients(name: str, *, k0: float | None = None):
     if name not in COEFFICIENT_SCHEMES:
         raise ValueError(f"coefficients must be one of {sorted(COEFFICIENT_SCHEMES)}, got {name!r}")
     return COEFFICIENT_SCHEMES[name](k0=AUTHORS_K0[name] if k0 is None else float(k0))
+
+
+def draw_pool_edges(pool, num_atoms: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """One graph per molecule from ``pool`` (a :class:`~energyloss.rigidity.RigidGraphPool`), for a padded batch.
+
+    Molecules are padded EDM-style (real atoms first), so molecule ``b`` with ``n_b`` atoms takes a graph of the
+    pool for ``n_b`` vertices as it is. Draws are vectorised per atom count (one ``randint`` per distinct size,
+    not a Python loop over molecules). Shorter edge lists are padded with the pair ``(n_b, 0)``, which touches
+    the first padded slot and is ignored by :func:`energyloss.pair_energy_loss` given the batch's mask (the
+    largest molecule has the longest list, so every padded list has a padded slot).
+
+    Args:
+        pool: graphs per vertex count. num_atoms: ``(B,)`` atom counts. generator: for the draws.
+
+    Returns:
+        ``(B, 2, E_max)`` LongTensor on the CPU.
+
+    Example:
+        >>> from energyloss.rigidity import RigidGraphPool
+        >>> edges = draw_pool_edges(RigidGraphPool(3, size=2), torch.tensor([3, 4]))
+        >>> edges.shape, edges[0].tolist()  # K3 padded to the 6 pairs of K4 with (3, 0)
+        (torch.Size([2, 2, 6]), [[0, 0, 1, 3, 3, 3], [1, 2, 2, 0, 0, 0]])
+    """
+    num_atoms = torch.as_tensor(num_atoms, dtype=torch.long).cpu()
+    sizes = sorted(set(num_atoms.tolist()))
+    graphs = {n: pool.graphs(n) for n in sizes}
+    e_max = max((g.shape[-1] for g in graphs.values()), default=0)
+    out = torch.zeros(num_atoms.numel(), 2, e_max, dtype=torch.long)
+    for n, g in graphs.items():
+        rows = torch.nonzero(num_atoms == n).flatten()
+        pick = torch.randint(g.shape[0], (rows.numel(),), generator=generator)
+        e = g.shape[-1]
+        out[rows, :, :e] = g[pick]
+        if e < e_max:
+            out[rows, 0, e:] = n
+    return out
 
 
 class _FeatureDistanceCoefficients:
@@ -303,18 +340,16 @@ class MoleculeDiffusion(nn.Module):
                 normalize="atoms",
                 reduction="none",
             )
-        from energyloss.rigidity import sparse_pair_energy_loss
-
+        edges = draw_pool_edges(self.pool, mask.sum(-1), generator=gen).to(x.device)
         return diffusion_sample_loss(
-            sparse_pair_energy_loss,
+            pair_energy_loss,
             pred_x,
             z_x,
             x,
             alpha,
             sigma,
             mask=mask,
-            pool=self.pool,
-            generator=gen,
+            edges=edges,
             coefficients=self.coefficients,
             normalize="atoms",
             reduction="none",

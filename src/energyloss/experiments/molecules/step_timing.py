@@ -7,8 +7,9 @@ For one padded batch of QM9 training molecules, :func:`step_breakdown` times, ea
 - ``loss[<name>]``: the positional loss alone, from the network's output (forward only: what the paper's
   "Loss computation" row measures), for MSE, MAE, Kabsch-aligned MSE, the energy (exp coefficients) and the
   sparse energy. The sparse loss is timed with its edges given, as the authors' data loader supplies them;
-  ``edges[sparse]`` is the separate cost of drawing one pool graph per molecule (``RigidGraphPool.batch_edges``,
-  a CPU loop over the batch);
+  ``edges[sparse]`` is the separate cost of drawing one pool graph per molecule on the CPU
+  (:func:`~.diffusion_model.draw_pool_edges`, what the trainer does each step) and ``edges[batch_edges]`` that
+  of :meth:`energyloss.rigidity.RigidGraphPool.batch_edges` (a Python loop over the molecules);
 - ``loss_backward[<name>]``: the loss's own backward to the network output (not in the paper's table);
 - ``backward``: the backward pass of the whole training loss through the network;
 - ``optimizer``: one Adam step.
@@ -33,7 +34,7 @@ from energyloss.atomistic import pair_energy_loss
 from energyloss.diffusion import diffusion_sample_loss
 from energyloss.rigidity import RigidGraphPool
 
-from .diffusion_model import MoleculeDiffusion, make_coefficients
+from .diffusion_model import MoleculeDiffusion, draw_pool_edges, make_coefficients
 from .models import build_dynamics, count_parameters
 
 __all__ = ["step_breakdown"]
@@ -125,8 +126,10 @@ def step_breakdown(
             leaf = pred_x.detach().requires_grad_(True)
             ms, _ = _timed(device, torch.Tensor.backward, fn(leaf))
             record(f"loss_backward[{name}]", ms, i)
-        ms, _ = _timed(device, pool.batch_edges, mask.cpu())
+        ms, _ = _timed(device, lambda: draw_pool_edges(pool, mask.sum(-1), generator=gen).to(device))
         record("edges[sparse]", ms, i)
+        ms, _ = _timed(device, pool.batch_edges, mask.cpu())
+        record("edges[batch_edges]", ms, i)
         total = values["energy"] + (pred_h - eps[..., 3:]).square().mean()
         opt.zero_grad(set_to_none=True)
         ms, _ = _timed(device, total.backward)
