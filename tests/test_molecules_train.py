@@ -229,6 +229,18 @@ def test_hyperparameters_and_loss_specs():
         make_coefficients("morse")
 
 
+def test_wasserstein_and_nearest_neighbours():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3000, generator=g), 0.5 * torch.randn(2000, generator=g) + 0.3
+    assert T.wasserstein_1d(a, b) == pytest.approx(scipy_stats.wasserstein_distance(a, b), abs=2e-3)
+    pos = torch.tensor([[[0.0, 0, 0], [1.1, 0, 0], [9.0, 9, 9]], [[0.0, 0, 0], [0, 1.5, 0], [0, 0, 0]]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    torch.testing.assert_close(
+        T.nearest_neighbour_distances(pos, mask), torch.tensor([1.1, 1.1, (7.9**2 + 81 + 81) ** 0.5, 1.5, 1.5])
+    )
+
+
 def _params(path):
     state = torch.load(path, map_location="cpu", weights_only=False)
     return state
@@ -310,7 +322,8 @@ def test_cli_end_to_end_on_synthetic_data(tmp_path):
         assert (out / tag / "checkpoint.pt").is_file() and (out / tag / "samples.npz").is_file()
     records = json.loads((out / "metrics.json").read_text())["records"]
     assert [r["loss"] for r in records] == ["mse", "mse", "sparse_energy:inverse", "sparse_energy:inverse"]
-    assert all(0.0 <= r["atom_stability"] <= 1.0 for r in records)
+    assert all(0.0 <= r["atom_stability"] <= 1.0 and r["nn_distance_w1"] >= 0 for r in records)
+    assert len(list((out / "mse" / "samples").glob("step-*.npz"))) == 2
     from energyloss.experiments.molecules.data import load_molecules
 
     assert len(load_molecules(out / "mse" / "samples.npz")) == 4
