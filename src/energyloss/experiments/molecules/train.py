@@ -6,9 +6,11 @@ writes, under its folder ``<out>/<loss-tag>/``:
 
 - ``config.json`` (resolved), ``checkpoint.pt`` (model, EMA, optimiser, gradient-norm queue, position in the
   data stream, records: an interrupted run resumes from it exactly), ``samples.npz`` (the last evaluation's
-  molecules, in the project's sample format), ``records.csv`` / ``metrics.json`` (one record per evaluation);
+  molecules, in the project's sample format; every evaluation's under ``samples/step-*.npz``),
+  ``records.csv`` / ``metrics.json`` (one record per evaluation: stability, validity, uniqueness, novelty and
+  the Wasserstein-1 distance of the samples' nearest-neighbour distances to QM9's);
 
-and the sweep folder ``<out>/`` gets the union of the records, ``convergence.png`` (stability against epochs
+and the sweep folder ``<out>/`` gets the union of the records, ``convergence.png`` (the metrics against epochs
 and training time, one line per loss) and ``summary.md`` (the final metrics, also printed).
 
 Training (EDM's recipe, see :mod:`.diffusion_model`): Adam (or the authors' AdamW with amsgrad and weight decay
