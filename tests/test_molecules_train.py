@@ -80,6 +80,26 @@ def test_one_training_step_per_loss(loss, coefficients):
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
 
 
+def test_egnn_denoiser_trains_with_the_energy_loss_and_its_loss_is_rotation_invariant():
+    from energyloss.experiments.molecules.models import EGNNDynamics
+
+    torch.manual_seed(0)
+    model = MoleculeDiffusion(EGNNDynamics(6, hidden_nf=16, n_layers=2), n_types=5, steps=20, position_loss="energy")
+    model = model.double()
+    b = _batch()
+    pos = b["positions"].double()
+    noise = model.draw_noise(4, pos.shape[1], generator=torch.Generator().manual_seed(0))
+    noise["eps"] = noise["eps"].double()
+    out = model(pos, b["one_hot"], b["charges"], b["mask"], noise)
+    out["loss"].mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # an equivariant denoiser + an invariant loss: rotating the data and the noise together changes nothing
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    turned = dict(noise, eps=torch.cat([noise["eps"][..., :3] @ q.T, noise["eps"][..., 3:]], -1))
+    out2 = model(pos @ q.T, b["one_hot"], b["charges"], b["mask"], turned)
+    torch.testing.assert_close(out2["loss"], out["loss"].detach())
+
+
 def test_mse_term_is_the_snr_weighted_sample_space_mse():
     """Eq. 3: the eps-MSE equals SNR_t * ||x - x_hat||^2 (here through the library's diffusion adapter)."""
     model = _model("mse").double()
