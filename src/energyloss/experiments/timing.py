@@ -80,6 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in-process", action="store_true", default=None, help="CPU: no subprocess per cell (less isolated memory)"
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--memory-limit-gb", type=float, default=None, help="skip cells above this (0: 60%% of RAM)")
 
 
@@ -209,13 +210,13 @@ def _run_cell(cfg: Config, method: str, n: int, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_grid(cfg: Config) -> list[dict]:
+def run_grid(cfg: Config, *, show_progress: bool = True) -> list[dict]:
     limit = _memory_limit(cfg)
     records: list[dict] = []
     last: dict[str, tuple[int, float]] = {}
     rows = [(n, 1) for n in cfg.sizes] + ([(cfg.qm9_atoms, cfg.qm9_batch)] if cfg.qm9_batch > 0 else [])
     cells = [(m, n, b) for n, b in rows for m in cfg.methods]
-    for method, n, batch in progress(cells, desc="timing cells"):
+    for method, n, batch in progress(cells, desc="timing cells", disable=not show_progress):
         rec = {"method": method, "n": n, "batch": batch, "ms": None, "ms_min": None, "peak_extra_mb": None}
         if _estimated_bytes(method, n, batch, cfg.dim) > limit:
             rec["skipped"] = "memory"
@@ -288,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = make_run_dir(args.out, "timing")
     info = machine_info()
     write_json(run_dir / "config.json", {"config": asdict(cfg), "machine": info})
-    records = run_grid(cfg)
+    records = run_grid(cfg, show_progress=not args.no_progress)
     write_csv(run_dir / "records.csv", records)
     write_json(run_dir / "metrics.json", {"records": records, "machine": info})
     device = info.get("gpu", "CPU") if cfg.device.startswith("cuda") else f"CPU ({info['cpu_count']} cores)"
