@@ -735,7 +735,9 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
         ("epoch", "nn_distance_w1", "epoch", "nearest-neighbour W1 to QM9 (Å)"),
         ("train_minutes", "atom_stability", "training time (min)", "atom stability (%)"),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    panels = [p for p in panels if any(r.get(p[1]) is not None for r in records)]  # e.g. no W1 in old records
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    axes = axes[0]
     for loss in dict.fromkeys(r["loss"] for r in records):
         rs = [r for r in records if r["loss"] == loss]
         for ax, (xkey, ykey, _, _) in zip(axes, panels, strict=True):
