@@ -290,6 +290,13 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     # a checkpoint refuses a run with other settings
     with pytest.raises(ValueError, match="belongs to another run"):
         T.train_model(dataclasses.replace(cfg, hidden_nf=8), "energy:exp", tmp_path / "cut", show_progress=False)
+    with pytest.raises(ValueError, match="coefficient_distance"):
+        T.train_model(
+            dataclasses.replace(cfg, coefficient_distance="features"),
+            "energy:exp",
+            tmp_path / "cut",
+            show_progress=False,
+        )
 
 
 def _free_port() -> int:

@@ -88,6 +88,7 @@ _RESUME_KEYS = (
     "lr",
     "position_weight",
     "k0",
+    "coefficient_distance",
     "optimizer",
     "seed",
 )
@@ -545,7 +546,12 @@ def train_model(
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         stored = state["config"]
-        clash = {k: (stored.get(k), v) for k, v in json.loads(json.dumps(config_dict)).items() if k in _RESUME_KEYS}
+        defaults = dataclasses.asdict(QM9Config())  # a checkpoint from before a setting existed used its default
+        clash = {
+            k: (stored.get(k, defaults.get(k)), v)
+            for k, v in json.loads(json.dumps(config_dict)).items()
+            if k in _RESUME_KEYS
+        }
         clash = {k: v for k, v in clash.items() if v[0] != v[1]}
         if clash:
             raise ValueError(f"{ckpt_path} belongs to another run; differing settings (stored, now): {clash}")
