@@ -5,7 +5,8 @@
 #   3. a short, compute-matched GDM-aug training on half of QM9 at paper size (9 layers, 256 features), MSE vs
 #      energy (exp), then sampling. Without RDKit on the GPU machine the trainer reports stability only and
 #      writes samples.npz per loss: evaluate them afterwards with `energyloss eval-molecules PATH`.
-# Usage, from the repository root (QM9_CACHE: the folder `energyloss data qm9` fills, ~/.cache/energyloss/qm9):
+# Usage, from the repository root (QM9_CACHE: the cache root given to `energyloss data qm9 --cache-dir`, default
+# ~/.cache/energyloss; it holds qm9/qm9-v1.pt and qm9/qm9-v1.json):
 #   QM9_CACHE=path OUT=outdir bash benchmarks/gpu_session.sh
 # Smoke-test the plumbing on a CPU: PYTHON=.venv/bin/python DEVICE=cpu SIZES="30 300" TRAIN_MINUTES=0.05 N_SAMPLES=8 PRESET=smoke SAMPLING_STEPS=20 ...
 # Everything lands in $OUT/results.tgz (checkpoints excluded).
@@ -23,7 +24,7 @@ mkdir -p "$RES"
 echo "== 1. loss timing"
 # shellcheck disable=SC2086
 timeout "${TIMING_SECONDS:-150}" "$PY" -m energyloss.cli run timing --device "$DEVICE" --repeats 20 \
-  --sizes ${SIZES:-30 300 3000 30000 300000} --out "$RES/timing" --no-progress 2>&1 | tail -30
+  --sizes ${SIZES:-30 300 3000 30000 300000} --max-cell-seconds "${MAX_CELL_SECONDS:-20}" --out "$RES/timing" --no-progress 2>&1 | tail -30
 
 echo "== 2. loss share of a training step"
 timeout "${STEP_SECONDS:-90}" "$PY" -m energyloss.experiments.molecules.step_timing --device "$DEVICE" \
