@@ -156,6 +156,35 @@ def test_chunked_equals_dense_value_and_gradient(scheme, dtype, gen):
         assert torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3, 5])
+def test_broadcast_distances_match_cdist(dim, gen):
+    import energyloss.atomistic as atomistic
+
+    a = torch.randn(2, 9, dim, generator=gen, dtype=torch.float64)
+    b = torch.randn(2, 4, dim, generator=gen, dtype=torch.float64)
+    expected = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    assert torch.allclose(atomistic._broadcast_distances(a, b), expected, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_kernel_with_broadcast_distances_equals_default(chunk, gen, monkeypatch):
+    """The distance routine the GPU path uses gives the CPU path's loss and gradient, blocked or not."""
+    import energyloss.atomistic as atomistic
+
+    pred = torch.randn(3, 20, 3, generator=gen, dtype=torch.float64)
+    target = torch.randn(3, 20, 3, generator=gen, dtype=torch.float64)
+    mask = torch.arange(20).unsqueeze(0) < torch.tensor([20, 13, 5]).unsqueeze(1)
+    results = []
+    for routine in (atomistic._block_distances, atomistic._broadcast_distances):
+        monkeypatch.setattr(atomistic, "_block_distances", routine)
+        p = pred.clone().requires_grad_(True)
+        loss = pair_energy_loss(p, target, mask=mask, coefficients="exp", chunk_size=chunk, reduction="sum")
+        loss.backward()
+        results.append((loss.detach(), p.grad))
+    assert torch.allclose(results[0][0], results[1][0], **TOL[torch.float64])
+    assert torch.allclose(results[0][1], results[1][1], **TOL[torch.float64])
+
+
 def test_block_size_selection():
     import energyloss.atomistic as atomistic
 
