@@ -54,3 +54,19 @@ def test_sparse_energy_and_kabsch_match_cpu(gen):
     assert torch.allclose(gpu[0], cpu[0], **TOL[torch.float64])
     assert torch.allclose(gpu[1], cpu[1], **TOL[torch.float64])
     assert torch.allclose(kabsch_mse_loss(pred.cuda(), target.cuda()).cpu(), kabsch_mse_loss(pred, target))
+
+
+def test_fused_kernel_is_chosen_and_matches_the_blocked_kernel(gen):
+    from energyloss import _triton_kernels
+    from energyloss.coefficients import ExponentialCoefficients
+
+    if not _triton_kernels.available():
+        pytest.skip("Triton is not installed: the blocked kernel is the only CUDA path")
+    pred = torch.randn(2, 1000, 3, generator=gen, dtype=torch.float64).cuda()
+    target = torch.randn(2, 1000, 3, generator=gen, dtype=torch.float64).cuda()
+    mask = (torch.arange(1000)[None] < torch.tensor([[1000], [517]])).cuda()
+    assert _triton_kernels.supports(pred, ExponentialCoefficients())
+    fused = _value_and_grad(pred, target, mask=mask, coefficients="exp", reduction="sum")
+    blocked = _value_and_grad(pred, target, mask=mask, coefficients="exp", reduction="sum", chunk_size="auto")
+    assert torch.allclose(fused[0], blocked[0], **TOL[torch.float64])
+    assert torch.allclose(fused[1], blocked[1], **TOL[torch.float64])

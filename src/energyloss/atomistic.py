@@ -26,6 +26,9 @@ Evaluation paths, tested equal to each other and to a textbook loop:
   block, i.e. the dense evaluation vectorised over the batch; when ``B * N * N`` exceeds :data:`DENSE_MAX_PAIRS`
   (or ``chunk_size`` asks for it) the atoms are cut into blocks, each unordered pair of blocks visited once, so
   extra memory is ``O(B * block^2)`` whatever ``N``;
+- *complete graph on CUDA*: a fused Triton kernel (:mod:`energyloss._triton_kernels`) for the built-in coefficient
+  schemes, ``D <= 4`` and the automatic block size, when Triton is installed: each pair is formed in registers and
+  nothing of size ``N^2`` is written; the blocked kernel above is the fallback and the reference;
 - *edge list*: gathers only the listed pairs, ``O(E)`` time and memory, gradient again computed in the same pass;
 - *ragged*: ``batch`` vectors are brought to the padded layout (complete graph) or used directly (edge lists).
 
@@ -38,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _triton_kernels
 from .coefficients import Coefficients, resolve_coefficients
 from .geometry import as_dense_batch, check_pair_inputs
 
@@ -198,7 +202,11 @@ class _PairEnergy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pred, target, mask, coeff, block):  # type: ignore[override]
-        energy, grad = _energy_and_grad(pred, target, mask, coeff, block, ctx.needs_input_grad[0])
+        need_grad = ctx.needs_input_grad[0]
+        if block is None:  # the fused kernel (see pair_energy_loss)
+            energy, grad = _triton_kernels.pair_energy_and_grad(pred, target, mask, coeff, need_grad)
+        else:
+            energy, grad = _energy_and_grad(pred, target, mask, coeff, block, need_grad)
         if grad is not None:
             ctx.save_for_backward(grad)
         return energy
@@ -346,10 +354,11 @@ def pair_energy_loss(
             as the authors' code does) or ``"pairs"`` (by its number of summed pairs).
         reduction: ``"none"`` (one value per structure: ``(B,)``, or 0-dim for ``(N, D)`` input), ``"mean"`` (over
             structures) or ``"sum"``.
-        chunk_size: block size of the complete-graph evaluation. ``None``: one block (dense) up to
-            :data:`DENSE_MAX_PAIRS` pair entries ``B * N * N``, cache-sized blocks above; an int: blocks of that
+        chunk_size: block size of the complete-graph evaluation. ``None``: the fused Triton kernel where it
+            applies (CUDA, built-in coefficients, ``D <= 4``, Triton installed), else one block (dense) up to
+            :data:`DENSE_MAX_PAIRS` pair entries ``B * N * N`` and cache-sized blocks above; an int: blocks of that
             many atoms; ``"auto"``: cache-sized blocks whatever the size. Every choice gives the same value and
-            gradient.
+            gradient (to rounding).
 
     Returns:
         The reduced loss, in ``pred``'s dtype (float32 for half-precision inputs, which are computed in float32).
@@ -386,7 +395,8 @@ def pair_energy_loss(
                 energy, n_pairs, _ = _edge_energy(pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff)
             else:
                 n_pairs = n_atoms * (n_atoms - 1) // 2
-                block = _block_size(bsz, n, chunk_size, pred.device.type)
+                fused = chunk_size is None and _triton_kernels.supports(pred_b, coeff)
+                block = None if fused else _block_size(bsz, n, chunk_size, pred.device.type)
                 energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block)
 
         if normalize == "atoms":
