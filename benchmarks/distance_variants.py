@@ -1,5 +1,8 @@
 """Time the dense energy loss with each candidate distance routine of its blocked kernel (forward + backward).
 
+(On CUDA the library normally runs the fused Triton kernel, which has no separate distance routine; this script
+forces the blocked kernel with ``chunk_size="auto"``, whose blocks equal the automatic ones for these cases.)
+
 The routine is chosen per device in :func:`energyloss.atomistic._block_distances`; this script measures the
 candidates side by side in one process so the choice rests on numbers from one run:
 
@@ -55,7 +58,8 @@ def time_case(batch: int, n: int, device: str, repeats: int) -> dict[str, float]
             if device != "cpu":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            pair_energy_loss(pred, target, coefficients="exp").backward()
+            # chunk_size="auto": the blocked kernel (where the distance routine matters), never the fused one
+            pair_energy_loss(pred, target, coefficients="exp", chunk_size="auto").backward()
             if device != "cpu":
                 torch.cuda.synchronize()
             if i:
