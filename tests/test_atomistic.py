@@ -389,3 +389,23 @@ def test_to_dense_batch_roundtrip_unsorted_batch(gen):
     assert dense.shape == (3, 3, 3)
     assert torch.equal(mask.sum(1), torch.tensor([2, 3, 1]))
     assert torch.equal(dense[1, :3], x[batch == 1])
+
+
+@pytest.mark.parametrize("chunk", [None, 64])
+def test_float32_gradient_does_not_degrade_far_from_the_origin(chunk, gen):
+    """Structures far from the origin: the float32 gradient stays as accurate as at the origin.
+
+    The reference is float64 on the same float32-rounded inputs, so only the kernel's own rounding is measured
+    (before centring was added: 1.9e-4 relative at offset 1000).
+    """
+    target = 5 * torch.randn(2, 300, 3, generator=gen, dtype=torch.float64)
+    pred = target + 0.3 * torch.randn(2, 300, 3, generator=gen, dtype=torch.float64)
+    mask = torch.arange(300).unsqueeze(0) < torch.tensor([[300], [211]])
+    for offset in (0.0, 1000.0):
+        p32, t32 = (pred + offset).float(), (target + offset).float()
+        grads = []
+        for dtype in (torch.float64, torch.float32):
+            x = p32.to(dtype).requires_grad_(True)
+            pair_energy_loss(x, t32.to(dtype), mask=mask, coefficients="exp", chunk_size=chunk).backward()
+            grads.append(x.grad.double())
+        assert (grads[1] - grads[0]).abs().max() <= 5e-6 * grads[0].abs().max()

@@ -27,7 +27,7 @@ from .coefficients import (
     morse,
     resolve_coefficients,
 )
-from .geometry import center, pairwise_distances, safe_norm, to_dense_batch, to_ragged
+from .geometry import center, centroid, pairwise_distances, safe_norm, to_dense_batch, to_ragged
 from .rigidity import (
     RigidGraphPool,
     is_globally_rigid,
@@ -60,6 +60,7 @@ __all__ = [
     "RigidGraphPool",
     "apply_rigid",
     "center",
+    "centroid",
     "diffusion",
     "flip_invariant_loss",
     "free_energy_loss",

@@ -19,6 +19,7 @@ from torch import Tensor
 __all__ = [
     "as_dense_batch",
     "center",
+    "centroid",
     "check_pair_inputs",
     "edge_distances",
     "pairwise_distances",
@@ -94,6 +95,26 @@ def edge_distances(x: Tensor, edges: Tensor) -> Tensor:
     return safe_norm(torch.gather(x, 1, idx_i) - torch.gather(x, 1, idx_j))
 
 
+def centroid(x: Tensor, *, mask: Tensor | None = None) -> Tensor:
+    r"""Each structure's centroid over its real atoms, shaped to broadcast against ``x``.
+
+    Args:
+        x: ``(..., N, D)`` points.
+        mask: optional ``(..., N)`` bool, ``True`` for real atoms (a structure without any has centroid 0).
+
+    Returns:
+        ``(..., 1, D)`` centroids.
+
+    Example:
+        >>> centroid(torch.tensor([[1.0, 1.0], [3.0, 1.0], [9.0, 9.0]]), mask=torch.tensor([True, True, False]))
+        tensor([[2., 1.]])
+    """
+    if mask is None:
+        return x.mean(dim=-2, keepdim=True)
+    m = mask.to(x.dtype).unsqueeze(-1)
+    return (x * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp_min(1)
+
+
 def center(x: Tensor, *, mask: Tensor | None = None) -> Tensor:
     r"""Subtract each structure's centroid (over real atoms only); padded rows are returned as zeros.
 
@@ -110,12 +131,8 @@ def center(x: Tensor, *, mask: Tensor | None = None) -> Tensor:
                 [ 1.,  0.],
                 [ 0.,  0.]])
     """
-    if mask is None:
-        return x - x.mean(dim=-2, keepdim=True)
-    m = mask.to(x.dtype).unsqueeze(-1)
-    count = m.sum(dim=-2, keepdim=True).clamp_min(1)
-    centroid = (x * m).sum(dim=-2, keepdim=True) / count
-    return (x - centroid) * m
+    centred = x - centroid(x, mask=mask)
+    return centred if mask is None else centred * mask.to(x.dtype).unsqueeze(-1)
 
 
 def to_dense_batch(x: Tensor, batch: Tensor, *, num_structures: int | None = None) -> tuple[Tensor, Tensor]:
