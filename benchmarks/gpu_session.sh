@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU session, sized for a 15-minute device lease (about 9 minutes of work):
+# One prepared GPU session, sized for a 15-minute device lease. Measured on an H200 (2026-11-27, with
+# TIMING_SECONDS=140 STEP_SECONDS=60 QM9_SECONDS=320 TRAIN_MINUTES=1.8): 343 s of work plus about 30 s of machine start.
 #   1. loss timing (paper Tables 10-11 setting: N = 30 .. 300,000, plus a padded QM9-sized batch);
 #   2. the loss's share of a training step of the paper-size GNN at batch 512 (paper Table 10);
 #   3. a short, compute-matched GDM-aug training on half of QM9 at paper size (9 layers, 256 features), MSE vs
@@ -23,16 +24,16 @@ mkdir -p "$RES"
 
 echo "== 1. loss timing"
 # shellcheck disable=SC2086
-timeout "${TIMING_SECONDS:-150}" "$PY" -m energyloss.cli run timing --device "$DEVICE" --repeats 20 \
+timeout "${TIMING_SECONDS:-140}" "$PY" -m energyloss.cli run timing --device "$DEVICE" --repeats 20 \
   --sizes ${SIZES:-30 300 3000 30000 300000} --max-cell-seconds "${MAX_CELL_SECONDS:-20}" --out "$RES/timing" --no-progress 2>&1 | tail -30
 
 echo "== 2. loss share of a training step"
-timeout "${STEP_SECONDS:-90}" "$PY" -m energyloss.experiments.molecules.step_timing --device "$DEVICE" \
+timeout "${STEP_SECONDS:-60}" "$PY" -m energyloss.experiments.molecules.step_timing --device "$DEVICE" \
   --batch-size "${STEP_BATCH:-512}" --cache-dir "$QM9_CACHE" --json "$RES/step_timing.json" 2>&1 | tail -20
 
 echo "== 3. QM9 GDM-aug, MSE vs energy (exp), compute-matched"
-timeout "${QM9_SECONDS:-330}" "$PY" -m energyloss.cli run qm9 --preset "${PRESET:-paper}" --model gdm-aug \
-  --losses mse,energy:exp --device "$DEVICE" --data qm9 --dataset-frac 0.5 --train-minutes "${TRAIN_MINUTES:-2.2}" \
+timeout "${QM9_SECONDS:-320}" "$PY" -m energyloss.cli run qm9 --preset "${PRESET:-paper}" --model gdm-aug \
+  --losses mse,energy:exp --device "$DEVICE" --data qm9 --dataset-frac 0.5 --train-minutes "${TRAIN_MINUTES:-1.8}" \
   --ema-decay 0.999 --eval-every 6 --n-eval-samples "${N_SAMPLES:-500}" --n-final-samples "${N_SAMPLES:-1000}" \
   --sampling-steps "${SAMPLING_STEPS:-500}" --no-novelty --cache-dir "$QM9_CACHE" --no-progress --out "$RES/qm9" 2>&1 | tail -40
 
