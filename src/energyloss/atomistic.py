@@ -137,9 +137,7 @@ def _broadcast_distances(a: Tensor, b: Tensor) -> Tensor:
     for c in range(a.shape[-1]):
         diff = a[..., :, None, c] - b[..., None, :, c]
         squared = diff.square() if squared is None else squared.addcmul_(diff, diff)
-    if squared is None:  # D = 0 is rejected earlier; keep the shape right anyway
-        return a.new_zeros(a.shape[:-1] + b.shape[-2:-1])
-    return squared.sqrt_()
+    return squared.sqrt_()  # D >= 1: check_pair_inputs rejects D = 0
 
 
 def _first_order_only() -> None:
