@@ -41,9 +41,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _triton_kernels
+from . import _numba_kernels, _triton_kernels
 from .coefficients import Coefficients, resolve_coefficients
-from .geometry import as_dense_batch, centroid, check_pair_inputs
+from .geometry import as_dense_batch, centroid, check_pair_inputs, value_checks_enabled
 
 __all__ = ["DENSE_MAX_PAIRS", "TILE_ELEMENTS", "pair_energy_loss", "reduce_per_structure"]
 
@@ -60,19 +60,27 @@ _NORMALIZE = (None, "atoms", "pairs")
 _REDUCTIONS = ("none", "mean", "sum")
 
 
-def reduce_per_structure(values: Tensor, reduction: str, *, single: bool = False) -> Tensor:
+def reduce_per_structure(
+    values: Tensor, reduction: str, *, single: bool = False, counts: Tensor | None = None
+) -> Tensor:
     """Reduce a ``(B,)`` tensor of per-structure losses: ``"none"`` | ``"mean"`` | ``"sum"``.
 
-    With ``single=True`` (the input was one unbatched structure) ``"none"`` returns a 0-dim tensor.
+    With ``single=True`` (the input was one unbatched structure) ``"none"`` returns a 0-dim tensor. ``counts``
+    ``(B,)`` (real atoms per structure) leaves empty structures out of ``"mean"``; a batch of empty structures
+    (or ``B = 0``) has mean 0.
 
     Example:
         >>> reduce_per_structure(torch.tensor([1.0, 3.0]), "mean")
+        tensor(2.)
+        >>> reduce_per_structure(torch.tensor([1.0, 3.0, 0.0]), "mean", counts=torch.tensor([4, 2, 0]))
         tensor(2.)
     """
     if reduction == "none":
         return values[0] if single else values
     if reduction == "mean":
-        return values.mean()
+        if counts is None:
+            return values.sum() / max(values.numel(), 1)
+        return values.sum() / (counts > 0).sum().clamp_min(1).to(values.dtype)
     if reduction == "sum":
         return values.sum()
     raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -95,7 +103,7 @@ def _check_edges(edges: Tensor, *, num_nodes: int, num_structures: int | None) -
     if not (shared or per_structure):
         expected = "(2, E)" if num_structures is None else f"(2, E) or ({num_structures}, 2, E)"
         raise ValueError(f"edges must have shape {expected}, got {tuple(edges.shape)}")
-    if edges.numel() == 0:
+    if edges.numel() == 0 or not value_checks_enabled(edges):
         return
     if int(edges.min()) < 0 or int(edges.max()) >= num_nodes:
         raise ValueError(
@@ -201,8 +209,9 @@ class _PairEnergy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, target, mask, coeff, block):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0]
-        if block is None:  # the fused kernel (see pair_energy_loss)
-            energy, grad = _triton_kernels.pair_energy_and_grad(pred, target, mask, coeff, need_grad)
+        if block is None:  # a fused kernel (see pair_energy_loss)
+            fused = _numba_kernels if pred.device.type == "cpu" else _triton_kernels
+            energy, grad = fused.pair_energy_and_grad(pred, target, mask, coeff, need_grad)
         else:
             energy, grad = _energy_and_grad(pred, target, mask, coeff, block, need_grad)
         if grad is not None:
@@ -268,9 +277,10 @@ class _EdgeEnergy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pred, target, src, dst, row_owner, num, valid, coeff):  # type: ignore[override]
+    def forward(ctx, pred, target, src, dst, row_owner, num, valid, coeff, fused):  # type: ignore[override]
         owner = None if row_owner is None else row_owner[src]
-        energy, grad = _edge_energy_and_grad(pred, target, src, dst, owner, num, valid, coeff, ctx.needs_input_grad[0])
+        kernel = _numba_kernels.edge_energy_and_grad if fused else _edge_energy_and_grad
+        energy, grad = kernel(pred, target, src, dst, owner, num, valid, coeff, ctx.needs_input_grad[0])
         if grad is not None:
             ctx.save_for_backward(grad, row_owner)
         return energy
@@ -280,23 +290,33 @@ class _EdgeEnergy(torch.autograd.Function):
         _first_order_only()
         grad, row_owner = ctx.saved_tensors
         scale = grad_out.reshape(()) if row_owner is None else grad_out[row_owner].unsqueeze(-1)
-        return grad * scale, None, None, None, None, None, None, None
+        return grad * scale, None, None, None, None, None, None, None, None
 
 
 def _edge_energy(
-    pred: Tensor, target: Tensor, edges: Tensor, *, mask: Tensor | None, batch: Tensor | None, coeff: Coefficients
+    pred: Tensor,
+    target: Tensor,
+    edges: Tensor,
+    *,
+    mask: Tensor | None,
+    batch: Tensor | None,
+    coeff: Coefficients,
+    batch_size: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Energies, edge counts and atom counts per structure for edge lists over any layout.
 
     Dense ``(B, N, D)`` batches are flattened to rows ``b * N + i`` so that one kernel serves every layout.
     """
     if batch is not None:  # ragged rows, global indices
-        num = int(batch.max()) + 1 if batch.numel() else 0
+        if batch_size is not None:
+            num = batch_size
+        else:
+            num = int(batch.max()) + 1 if batch.numel() else 0
         src, dst = edges[0], edges[1]
-        if bool((batch[src] != batch[dst]).any()):
+        if value_checks_enabled(batch) and bool((batch[src] != batch[dst]).any()):
             raise ValueError("edges connect atoms of different structures (batch[edges[0]] != batch[edges[1]])")
         rows_p, rows_t, row_owner, valid = pred, target, batch, None
-        n_atoms = torch.bincount(batch, minlength=num)
+        n_atoms = torch.zeros(num, dtype=torch.long, device=batch.device).index_add_(0, batch, torch.ones_like(batch))
     else:
         bsz, n, d = pred.shape
         num = bsz
@@ -310,7 +330,8 @@ def _edge_energy(
         flat_mask = None if mask is None else mask.reshape(-1)
         valid = None if flat_mask is None else flat_mask[src] & flat_mask[dst]
         n_atoms = torch.full((bsz,), n, device=pred.device) if mask is None else mask.sum(-1)
-    energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff)
+    fused = _numba_kernels.supports_edges(rows_p, coeff)
+    energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff, fused)
     edge_owner = torch.zeros_like(src) if row_owner is None else row_owner[src]
     kept = torch.ones_like(src, dtype=torch.bool) if valid is None else valid
     n_pairs = torch.zeros(num, dtype=torch.long, device=pred.device).index_add_(0, edge_owner, kept.long())
@@ -328,6 +349,9 @@ def pair_energy_loss(
     normalize: str | None = None,
     reduction: str = "mean",
     chunk_size: int | str | None = None,
+    undirected_edges: bool = False,
+    batch_size: int | None = None,
+    max_num_nodes: int | None = None,
 ) -> Tensor:
     r"""Pair (spring) energy loss of paper Eq. 7: an :math:`E(d)`-invariant replacement for the MSE.
 
@@ -346,6 +370,8 @@ def pair_energy_loss(
         edges: ``None`` for all pairs; else a long tensor ``(2, E)`` of pairs, each listed once (PyG
             ``edge_index`` layout). For a dense batch it is shared by all structures, or ``(B, 2, E)`` per
             structure; for ragged input it holds global row indices. Pairs touching padded atoms are ignored.
+            A PyG ``edge_index`` that lists every pair in both directions must be passed with
+            ``undirected_edges=True``, else each pair counts twice (twice the value; nothing is de-duplicated).
         mask: ``(B, N)`` (or ``(N,)``) bool, ``True`` for real atoms; dense layout only.
         batch: ``(M,)`` long structure index of each row; ragged layout only.
         normalize: ``None`` (plain sum), ``"atoms"`` (divide each structure's energy by its number of real atoms,
@@ -356,7 +382,19 @@ def pair_energy_loss(
             applies (CUDA, built-in coefficients, ``D <= 4``, Triton installed), else one block (dense) up to
             :data:`DENSE_MAX_PAIRS` pair entries ``B * N * N`` and cache-sized blocks above; an int: blocks of that
             many atoms; ``"auto"``: cache-sized blocks whatever the size. Every choice gives the same value and
-            gradient (to rounding).
+            gradient (to rounding). On the CPU, ``None`` takes the fused numba kernel (built-in coefficients,
+            ``D <= 3``, numba installed; :mod:`energyloss._numba_kernels`), which also serves edge lists.
+        undirected_edges: ``edges`` holds each pair twice, as ``(i, j)`` and ``(j, i)`` (PyG's convention for
+            undirected graphs); the sum is halved so that each pair counts once (``normalize="pairs"`` too).
+        batch_size: ragged layout: the number of structures ``B`` (PyG's ``batch_size``); saves reading
+            ``batch.max()`` on the host.
+        max_num_nodes: ragged layout: the largest structure's size. With ``batch_size`` too, ragged input needs no
+            host synchronisation (and no graph break under ``torch.compile``).
+
+    Padding is inert: whatever masked-out rows hold (NaN, inf, huge values) changes neither the value nor any
+    gradient, and padded rows get exactly zero gradient. Structures without real atoms score 0 and are left out of
+    ``reduction="mean"``. The loss is first-order differentiable only: its kernels return the gradient computed with
+    the value, and a second backward (``create_graph=True``) raises ``RuntimeError``.
 
     Returns:
         The reduced loss, in ``pred``'s dtype (float32 for half-precision inputs, which are computed in float32).
@@ -374,6 +412,8 @@ def pair_energy_loss(
     coeff = resolve_coefficients(coefficients)
     if chunk_size is not None and chunk_size != "auto" and not (isinstance(chunk_size, int) and chunk_size > 0):
         raise ValueError(f"chunk_size must be None, 'auto' or a positive int, got {chunk_size!r}")
+    if undirected_edges and edges is None:
+        raise ValueError("undirected_edges=True needs an edges tensor")
 
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     with torch.autocast(device_type=pred.device.type, enabled=False):
@@ -382,10 +422,14 @@ def pair_energy_loss(
 
         if edges is not None and batch is not None:
             _check_edges(edges, num_nodes=pred.shape[0], num_structures=None)
-            energy, n_pairs, n_atoms = _edge_energy(pred, target, edges, mask=None, batch=batch, coeff=coeff)
+            energy, n_pairs, n_atoms = _edge_energy(
+                pred, target, edges, mask=None, batch=batch, coeff=coeff, batch_size=batch_size
+            )
             single = False
         else:
-            pred_b, target_b, mask_b, single = as_dense_batch(pred, target, mask=mask, batch=batch)
+            pred_b, target_b, mask_b, single = as_dense_batch(
+                pred, target, mask=mask, batch=batch, batch_size=batch_size, max_num_nodes=max_num_nodes
+            )
             bsz, n = pred_b.shape[:2]
             n_atoms = torch.full((bsz,), n, device=pred.device) if mask_b is None else mask_b.sum(-1)
             if edges is not None:
@@ -393,19 +437,25 @@ def pair_energy_loss(
                 energy, n_pairs, _ = _edge_energy(pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff)
             else:
                 n_pairs = n_atoms * (n_atoms - 1) // 2
-                # Both complete-graph kernels write the gradient as p_i * sum_j w_ij - sum_j w_ij p_j, which loses
-                # digits to cancellation when the structure sits far from the origin (float32, offset 1000 for a
-                # spread of 5: 2e-4 relative error instead of 1e-6). The loss only sees differences, so centring
-                # first changes nothing else; target too, for its distances. (A constant shift: gradients pass as is.)
-                pred_b = pred_b - centroid(pred_b.detach(), mask=mask_b)
-                target_b = target_b - centroid(target_b, mask=mask_b)
-                fused = chunk_size is None and _triton_kernels.supports(pred_b, coeff)
+                fused = chunk_size is None and (
+                    _numba_kernels.supports(pred_b, coeff) or _triton_kernels.supports(pred_b, coeff)
+                )
+                if not fused:
+                    # The blocked kernel writes the gradient as p_i * sum_j w_ij - sum_j w_ij p_j, which loses
+                    # digits to cancellation when the structure sits far from the origin (float32, offset 1000 for
+                    # a spread of 5: 2e-4 relative error instead of 1e-6). The loss only sees differences, so
+                    # centring first changes nothing else; target too, for its distances. The fused kernels sum
+                    # w_ij (p_i - p_j) from exact differences and need no centring.
+                    pred_b = pred_b - centroid(pred_b.detach(), mask=mask_b)
+                    target_b = target_b - centroid(target_b, mask=mask_b)
                 block = None if fused else _block_size(bsz, n, chunk_size, pred.device.type)
                 energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block)
+        if undirected_edges:
+            energy, n_pairs = 0.5 * energy, n_pairs // 2
 
         if normalize == "atoms":
             energy = energy / n_atoms.clamp_min(1).to(energy.dtype)
         elif normalize == "pairs":
             energy = energy / n_pairs.clamp_min(1).to(energy.dtype)
-        loss = reduce_per_structure(energy, reduction, single=single)
+        loss = reduce_per_structure(energy, reduction, single=single, counts=n_atoms)
     return loss

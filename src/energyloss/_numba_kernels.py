@@ -1,0 +1,244 @@
+"""Fused CPU kernels (numba) for the pair energy and its gradient: complete graph and edge lists.
+
+Chosen automatically by :func:`energyloss.pair_energy_loss` for CPU tensors with the built-in coefficient schemes
+(:func:`energyloss.coefficients.builtin_scheme`) when numba is installed; everything else takes the portable
+blocked PyTorch kernel of :mod:`energyloss.atomistic`, which is also the reference the fused kernels are tested
+against (float32 and float64, values and gradients). Set ``ENERGYLOSS_NUMBA=0`` to switch them off.
+
+- Compiled on first use per (scheme, dtype), a few seconds, and cached on disk by numba (``NUMBA_CACHE_DIR``, by
+  default ``__pycache__`` beside this file, or a user cache directory when that is not writable): later processes
+  load the machine code in well under a second.
+- Threads follow ``torch.get_num_threads()`` (capped by numba's ``NUMBA_NUM_THREADS``). Calls from several Python
+  threads are serialised by a lock (numba's default ``workqueue`` threading layer is not re-entrant).
+- Both are wrapped as ``torch.library`` custom operators (``energyloss::pair_energy``, ``energyloss::edge_energy``)
+  with shape functions, so ``torch.compile(fullgraph=True)`` traces through them without a graph break.
+- Deterministic: for given inputs and thread count the result is bitwise reproducible (every task owns its
+  gradient buffer; buffers are summed in a fixed order). Single structures split into ``max(8, threads)`` tasks,
+  so runs with up to 8 threads agree bitwise too.
+- The value is accumulated in float64 per task; far exponential springs are exactly zero (no denormal arithmetic,
+  see :func:`energyloss.coefficients.exp_cutoff`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import threading
+
+import torch
+from torch import Tensor
+
+from .coefficients import builtin_scheme, exp_cutoff
+
+__all__ = ["MAX_DIM", "available", "edge_energy_and_grad", "pair_energy_and_grad", "supports", "supports_edges"]
+
+#: Largest spatial dimension of the complete-graph kernel (coordinates are padded to 3); edge lists take any D.
+MAX_DIM = 3
+#: A padded batch with at least this many structures runs one task per structure; smaller batches split rows.
+BATCH_TASKS = 16
+#: Edge lists with fewer edges than this run in one task (threads would cost more than they save).
+EDGE_SPLIT_MIN = 16384
+
+_LOCK = threading.Lock()
+
+# The operators are defined with the low-level torch.library API: torch.library.custom_op would wrap the kernels in
+# torch._disable_dynamo, whose first call imports torch._dynamo (2-3 s) in every process.
+_LIB = torch.library.Library("energyloss", "DEF")
+_LIB.define(
+    "pair_energy(Tensor pred, Tensor target, Tensor? mask, int scheme, float k0, float aux, bool need_grad)"
+    " -> (Tensor, Tensor)"
+)
+_LIB.define(
+    "edge_energy(Tensor pred, Tensor target, Tensor src, Tensor dst, Tensor owner, Tensor? valid, int num,"
+    " int scheme, float k0, float aux, bool need_grad) -> (Tensor, Tensor)"
+)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether numba is installed here (and the kernels are not switched off by ``ENERGYLOSS_NUMBA=0``)."""
+    if os.environ.get("ENERGYLOSS_NUMBA", "1") == "0":
+        return False
+    return importlib.util.find_spec("numba") is not None
+
+
+def supports(pred: Tensor, coeff: object) -> bool:
+    """Whether :func:`pair_energy_and_grad` handles these inputs: CPU, float32/64, ``D <= 3``, a built-in scheme."""
+    return (
+        pred.device.type == "cpu"
+        and pred.dtype in (torch.float32, torch.float64)
+        and 1 <= pred.shape[-1] <= MAX_DIM
+        and builtin_scheme(coeff) is not None
+        and available()
+    )
+
+
+def supports_edges(pred: Tensor, coeff: object) -> bool:
+    """Whether :func:`edge_energy_and_grad` handles these inputs: CPU, float32/64, a built-in scheme."""
+    return (
+        pred.device.type == "cpu"
+        and pred.dtype in (torch.float32, torch.float64)
+        and builtin_scheme(coeff) is not None
+        and available()
+    )
+
+
+@functools.cache
+def _impl():
+    from . import _numba_impl
+
+    return _numba_impl
+
+
+def _params(scheme: tuple[int, float, float], dtype: torch.dtype) -> tuple[int, Tensor]:
+    sid, k0, aux = scheme
+    values = [k0, aux, exp_cutoff(dtype), 1.0 / aux, 0.0, 1.0]
+    return sid, torch.tensor(values, dtype=dtype)
+
+
+def _threads() -> int:
+    return _impl().set_threads(torch.get_num_threads())
+
+
+def _pair_splits(bsz: int, n: int, threads: int) -> int:
+    if bsz >= BATCH_TASKS or n < 64:
+        return 1
+    return max(1, min(max(8, threads) // max(bsz, 1), n // 32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# complete graph
+
+
+def _pair_energy_cpu(
+    pred: Tensor, target: Tensor, mask: Tensor | None, scheme: int, k0: float, aux: float, need_grad: bool
+) -> tuple[Tensor, Tensor]:
+    bsz, n, dim = pred.shape
+    if bsz == 0 or n == 0:
+        return pred.new_zeros(bsz), torch.zeros_like(pred)
+    soa = (pred.dtype, (bsz, 3, n))
+    pos = torch.zeros(soa[1], dtype=soa[0])
+    tgt = torch.zeros(soa[1], dtype=soa[0])
+    pos[:, :dim] = pred.mT
+    tgt[:, :dim] = target.mT
+    weights = torch.ones(bsz, n, dtype=pred.dtype) if mask is None else mask.to(pred.dtype)
+    sid, params = _params((scheme, k0, aux), pred.dtype)
+    with _LOCK:
+        splits = _pair_splits(bsz, n, _threads())
+        grad = torch.zeros(bsz, splits, 3, n, dtype=pred.dtype)
+        energy = torch.zeros(bsz, splits, dtype=torch.float64)
+        scratch = torch.empty(bsz * splits, n, dtype=pred.dtype)
+        _impl().KERNELS[sid][0](
+            pos.numpy(),
+            tgt.numpy(),
+            weights.numpy(),
+            params.numpy(),
+            splits,
+            grad.numpy(),
+            energy.numpy(),
+            scratch.numpy(),
+        )
+    total = grad[:, 0] if splits == 1 else grad.sum(1)
+    out = total[:, :dim].mT.mul(-2.0).contiguous() if need_grad else pred.new_zeros(0)
+    return energy.sum(1).to(pred.dtype), out
+
+
+def _pair_energy_fake(pred, target, mask, scheme, k0, aux, need_grad):
+    return pred.new_empty(pred.shape[0]), (pred.new_empty(pred.shape) if need_grad else pred.new_empty(0))
+
+
+torch.library.impl("energyloss::pair_energy", "cpu", _pair_energy_cpu, lib=_LIB)
+torch.library.register_fake("energyloss::pair_energy", _pair_energy_fake, lib=_LIB)
+
+
+def pair_energy_and_grad(
+    pred: Tensor, target: Tensor, mask: Tensor | None, coeff: object, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Complete-graph energies ``(B,)`` and, if ``need_grad``, their gradient w.r.t. ``pred`` ``(B, N, D)``.
+
+    Same contract as the blocked PyTorch kernel of :mod:`energyloss.atomistic`: ``pred``, ``target`` ``(B, N, D)``
+    float32/float64 CPU tensors, ``mask`` ``(B, N)`` bool or ``None`` (padded rows must hold finite values; the
+    loss zeroes them first), ``coeff`` a built-in scheme.
+    """
+    scheme = builtin_scheme(coeff)
+    if scheme is None or not 1 <= pred.shape[-1] <= MAX_DIM:
+        raise ValueError(f"the numba kernel handles the built-in coefficient schemes and D <= {MAX_DIM}")
+    energy, grad = torch.ops.energyloss.pair_energy(pred.detach(), target.detach(), mask, *scheme, need_grad)
+    return energy, (grad if need_grad else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# edge lists
+
+
+def _edge_energy_cpu(
+    pred: Tensor,
+    target: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    owner: Tensor,
+    valid: Tensor | None,
+    num: int,
+    scheme: int,
+    k0: float,
+    aux: float,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    n_edges = src.shape[0]
+    sid, params = _params((scheme, k0, aux), pred.dtype)
+    with _LOCK:
+        splits = 1 if n_edges < EDGE_SPLIT_MIN else _threads()
+        grad = torch.zeros(splits, *pred.shape, dtype=pred.dtype)
+        energy = torch.zeros(splits, num, dtype=torch.float64)
+        flags = valid.to(torch.uint8) if valid is not None else torch.empty(0, dtype=torch.uint8)
+        if n_edges:
+            _impl().KERNELS[sid][1](
+                pred.contiguous().numpy(),
+                target.contiguous().numpy(),
+                src.to(torch.int64).numpy(),
+                dst.to(torch.int64).numpy(),
+                owner.to(torch.int64).numpy(),
+                flags.numpy(),
+                params.numpy(),
+                splits,
+                grad.numpy(),
+                energy.numpy(),
+            )
+    out = (grad[0] if splits == 1 else grad.sum(0)).mul_(-2.0) if need_grad else pred.new_zeros(0)
+    return energy.sum(0).to(pred.dtype), out
+
+
+def _edge_energy_fake(pred, target, src, dst, owner, valid, num, scheme, k0, aux, need_grad):
+    return pred.new_empty(num), (pred.new_empty(pred.shape) if need_grad else pred.new_empty(0))
+
+
+torch.library.impl("energyloss::edge_energy", "cpu", _edge_energy_cpu, lib=_LIB)
+torch.library.register_fake("energyloss::edge_energy", _edge_energy_fake, lib=_LIB)
+
+
+def edge_energy_and_grad(
+    pred: Tensor,
+    target: Tensor,
+    src: Tensor,
+    dst: Tensor,
+    owner: Tensor | None,
+    num: int,
+    valid: Tensor | None,
+    coeff: object,
+    need_grad: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Energies ``(num,)`` over edges ``(src, dst)`` of flat rows ``(M, D)`` and, if asked, the gradient ``(M, D)``.
+
+    Same contract as ``energyloss.atomistic._edge_energy_and_grad``: ``owner (E,)`` is each edge's structure
+    (``None``: all in structure 0), ``valid (E,)`` bool marks the edges that count (``None``: all).
+    """
+    scheme = builtin_scheme(coeff)
+    if scheme is None:
+        raise ValueError("the numba kernel handles the built-in coefficient schemes only")
+    if owner is None:
+        owner = torch.zeros_like(src)
+    energy, grad = torch.ops.energyloss.edge_energy(
+        pred.detach(), target.detach(), src, dst, owner, valid, num, *scheme, need_grad
+    )
+    return energy, (grad if need_grad else None)
