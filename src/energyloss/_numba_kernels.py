@@ -55,12 +55,13 @@ _LIB.define(
 )
 
 
-@functools.cache
+# Decided once at import (find_spec does not import numba); a plain global, so torch.compile traces no lookup.
+_AVAILABLE = os.environ.get("ENERGYLOSS_NUMBA", "1") != "0" and importlib.util.find_spec("numba") is not None
+
+
 def available() -> bool:
     """Whether numba is installed here (and the kernels are not switched off by ``ENERGYLOSS_NUMBA=0``)."""
-    if os.environ.get("ENERGYLOSS_NUMBA", "1") == "0":
-        return False
-    return importlib.util.find_spec("numba") is not None
+    return _AVAILABLE
 
 
 def supports(pred: Tensor, coeff: object) -> bool:

@@ -29,6 +29,8 @@ from energyloss.coefficients import (
     ExponentialCoefficients,
     InverseCoefficients,
     InverseSquareCoefficients,
+    builtin_scheme,
+    exp_cutoff,
 )
 
 __all__ = ["BLOCK_I", "BLOCK_J", "NUM_WARPS", "MAX_DIM", "available", "pair_energy_and_grad", "supports"]
@@ -78,9 +80,9 @@ def _kernel():
             row_ok = row_ok & (tl.load(M + b * n + rows, mask=row_in, other=0) != 0)
         k0 = tl.load(PARAMS)
         aux = tl.load(PARAMS + 1)  # min_distance (inverse schemes) or length_scale (exp)
+        cut = tl.load(PARAMS + 2)  # exp: springs past exp_cutoff are exactly 0
 
         e_acc = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
-        w_acc = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
         a0 = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
         a1 = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
         a2 = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
@@ -112,34 +114,35 @@ def _kernel():
                 dc = tl.maximum(d_t, aux)
                 k = k0 / (dc * dc)
             else:
-                k = k0 * tl.exp(-d_t / aux)
+                x = d_t / aux
+                k = tl.where(x <= cut, k0 * tl.exp(-tl.minimum(x, cut)), 0.0)
             valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
             r = d_t - d_p
             kr = tl.where(valid, k * r, 0.0)
             e_acc += kr * r
             if NEED_GRAD:
                 # d/dp_i of k (d_t - d_p)^2 is -2 k r (p_i - p_j) / d_p: weight w = k r / d_p, zero for coincident
-                # predicted points (their difference vector is zero anyway: the zero subgradient).
+                # predicted points (their difference vector is zero anyway: the zero subgradient). The sum of
+                # w (p_i - p_j) is formed from exact differences: no cancellation far from the origin, no centring.
                 positive = d_p > 0
                 w = tl.where(positive, kr / tl.where(positive, d_p, 1.0), 0.0)
-                w_acc += w
                 for c in tl.static_range(D):
+                    pi = tl.load(P + base + rows * D + c, mask=row_in, other=0.0)
                     pj = tl.load(P + base + cols * D + c, mask=col_in, other=0.0)
+                    diff = pi[:, None] - pj[None, :]
                     if c == 0:
-                        a0 += w * pj[None, :]
+                        a0 += w * diff
                     elif c == 1:
-                        a1 += w * pj[None, :]
+                        a1 += w * diff
                     elif c == 2:
-                        a2 += w * pj[None, :]
+                        a2 += w * diff
                     else:
-                        a3 += w * pj[None, :]
+                        a3 += w * diff
 
         e_rows = tl.sum(e_acc, axis=1).to(tl.float64)
         tl.store(E + b * n_row_blocks + pid, tl.sum(e_rows, axis=0))
         if NEED_GRAD:
-            w_rows = tl.sum(w_acc, axis=1)
             for c in tl.static_range(D):
-                pi = tl.load(P + base + rows * D + c, mask=row_in, other=0.0)
                 if c == 0:
                     s = tl.sum(a0, axis=1)
                 elif c == 1:
@@ -148,7 +151,7 @@ def _kernel():
                     s = tl.sum(a2, axis=1)
                 else:
                     s = tl.sum(a3, axis=1)
-                tl.store(G + base + rows * D + c, -2.0 * (pi * w_rows - s), mask=row_in)
+                tl.store(G + base + rows * D + c, -2.0 * s, mask=row_in)
 
     return pair_energy_kernel
 
@@ -176,14 +179,15 @@ def supports(pred: Tensor, coeff: object) -> bool:
     )
 
 
-def _params(coeff: object, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if isinstance(coeff, ConstantCoefficients):
-        values = [coeff.k0, 1.0]
-    elif isinstance(coeff, ExponentialCoefficients):
-        values = [coeff.k0, coeff.length_scale]
-    else:  # the inverse schemes
-        values = [coeff.k0, coeff.min_distance]
+@functools.lru_cache(maxsize=64)
+def _params_on(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    # Cached: a fresh host-to-device copy per call would cost a synchronous transfer on every loss evaluation.
     return torch.tensor(values, dtype=dtype, device=device)
+
+
+def _params(coeff: object, dtype: torch.dtype, device: torch.device) -> Tensor:
+    _, k0, aux = builtin_scheme(coeff)
+    return _params_on((k0, aux, exp_cutoff(dtype)), dtype, device)
 
 
 def pair_energy_and_grad(
