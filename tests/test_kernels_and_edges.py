@@ -303,3 +303,65 @@ def test_compiles_with_fullgraph(name):
     eager = fn(p, t, m)
     eager.backward()
     assert torch.allclose(value, eager, rtol=1e-5) and torch.allclose(grad, p.grad, rtol=1e-4, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# cutoff
+
+
+def _box(n, dim, dtype, seed, density=0.1):
+    g = torch.Generator().manual_seed(seed)
+    side = (n / density) ** (1.0 / dim)
+    t = torch.rand(1, n, dim, generator=g, dtype=dtype) * side
+    return t + 0.2 * torch.randn(1, n, dim, generator=g, dtype=dtype), t
+
+
+@pytest.mark.parametrize("n, dim", [(300, 3), (2600, 3), (2600, 2)])  # dense kernel / cell list / cell list in 2-D
+def test_cutoff_equals_truncated_springs_on_every_path(n, dim):
+    p, t = _box(n, dim, torch.float64, seed=8)
+    mask = torch.ones(1, n, dtype=torch.bool)
+    mask[0, ::7] = False
+    cutoff = 4.0
+    exp = ExponentialCoefficients(k0=3.0, length_scale=0.8)
+
+    def truncated(d):
+        return torch.where(d <= cutoff, exp(d), 0.0)
+
+    for m in (None, mask):
+        a, b, c = (p.clone().requires_grad_() for _ in range(3))
+        fused = el.pair_energy_loss(a, t, mask=m, coefficients=exp, cutoff=cutoff, normalize="atoms")
+        blocked = el.pair_energy_loss(b, t, mask=m, coefficients=exp, cutoff=cutoff, chunk_size="auto")
+        ref = el.pair_energy_loss(c, t, mask=m, coefficients=truncated, chunk_size="auto")
+        (fused * (mask.sum() if m is not None else n)).backward()
+        blocked.backward()
+        ref.backward()
+        n_real = n if m is None else int(mask.sum())
+        assert torch.allclose(fused * n_real, ref, rtol=1e-11) and torch.allclose(blocked, ref, rtol=1e-12)
+        assert torch.allclose(a.grad, c.grad, rtol=1e-9, atol=1e-13)
+        assert torch.allclose(b.grad, c.grad, rtol=1e-9, atol=1e-13)
+
+
+def test_cutoff_truncation_error_is_within_its_bound():
+    p, t = _box(400, 3, torch.float64, seed=9, density=0.05)
+    exp = ExponentialCoefficients(k0=2.0, length_scale=1.0)
+    full = el.pair_energy_loss(p, t, coefficients=exp)
+    for cutoff in (3.0, 6.0, 10.0):
+        cut = el.pair_energy_loss(p, t, coefficients=exp, cutoff=cutoff)
+        d_t = torch.cdist(t[0], t[0])
+        r2 = (d_t - torch.cdist(p[0], p[0])).square()
+        dropped = torch.triu(d_t > cutoff, diagonal=1)
+        bound = exp(torch.tensor(cutoff, dtype=torch.float64)) * r2[dropped].sum()
+        assert 0 <= full - cut <= bound
+    with pytest.raises(ValueError, match="cutoff must be None or a positive"):
+        el.pair_energy_loss(p, t, cutoff=0.0)
+    with pytest.raises(ValueError, match="normalize='pairs'"):
+        el.pair_energy_loss(p, t, cutoff=2.0, normalize="pairs")
+
+
+def test_cutoff_on_edge_lists():
+    p, t = _box(200, 3, torch.float64, seed=10)
+    edges = el.random_regular_graph(200, 6, generator=torch.Generator().manual_seed(0))
+    exp = ExponentialCoefficients()
+    fused = el.pair_energy_loss(p, t, edges=edges, coefficients=exp, cutoff=3.0)
+    ref = el.pair_energy_loss(p, t, edges=edges, coefficients=lambda d: torch.where(d <= 3.0, exp(d), 0.0))
+    assert torch.allclose(fused, ref, rtol=1e-12)

@@ -137,10 +137,11 @@ def _make_kernels(scheme: int):
 
     @njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
     def pair(pos, tgt, mask, params, splits, grad, energy, scratch):
-        """pos, tgt (B, 3, N); mask (B, N) 0/1; params (k0, aux, cut, 1/aux, 0, 1) in the data dtype; grad
+        """pos, tgt (B, 3, N); mask (B, N) 0/1; params (k0, aux, cut, 1/aux, 0, 1, cutoff) in the data dtype; grad
         (B, splits, 3, N) zeros; energy (B, splits) float64; scratch (B * splits, N)."""
         nb, n = pos.shape[0], pos.shape[2]
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
+        rc = params[6]
         period = 2 * splits
         for task in prange(nb * splits):
             b = task // splits
@@ -167,7 +168,8 @@ def _make_kernels(scheme: int):
                     ex, ey, ez = ui - tx[j], vi - ty[j], wi - tz[j]
                     d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
                     r = d_t - d_p
-                    kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * m[j] * r
+                    k = _spring(d_t, k0, aux, cut, inv_aux, scheme) if d_t <= rc else zero
+                    kr = k * m[j] * r
                     e_i += kr * r
                     # d/dp_i of k r^2 is -2 k r (p_i - p_j) / d_p; coincident points have p_i - p_j = 0
                     w_ij = kr / (d_p if d_p > zero else one)
@@ -193,6 +195,7 @@ def _make_kernels(scheme: int):
         energy (splits, num) float64."""
         n_edges, dim = src.shape[0], pos.shape[1]
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
+        rc = params[6]
         has_valid = valid.shape[0] > 0
         chunk = (n_edges + splits - 1) // splits
         for s in prange(splits):
@@ -211,6 +214,8 @@ def _make_kernels(scheme: int):
                     st += dt * dt
                 d_p = math.sqrt(sp)
                 d_t = math.sqrt(st)
+                if d_t > rc:
+                    continue
                 r = d_t - d_p
                 kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * r
                 e[owner[q]] += kr * r
@@ -220,10 +225,118 @@ def _make_kernels(scheme: int):
                     g[i, c] += v
                     g[j, c] -= v
 
-    return pair, edges
+    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    def cells(pos, tgt, mask, params, splits, grad, energy, order, cell_start, cell_of, dims):
+        """Pairs within the cutoff ``params[6]`` of one structure, found through the cell list of its target.
+
+        pos, tgt (3, N); mask (N,) 0/1; grad (splits, 3, N) zeros; energy (splits,) float64; order, cell_start,
+        cell_of, dims from :func:`build_cells`. Each unordered pair is visited once (from its lower index).
+        """
+        n = pos.shape[1]
+        k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
+        rc = params[6]
+        nx, ny, nz = dims[0], dims[1], dims[2]
+        period = 2 * splits
+        for s in prange(splits):
+            gx, gy, gz = grad[s, 0], grad[s, 1], grad[s, 2]
+            total = 0.0
+            for i in range(n):
+                q = i % period
+                if (q if q < splits else period - 1 - q) != s or mask[i] == zero:
+                    continue
+                xi, yi, zi = pos[0, i], pos[1, i], pos[2, i]
+                ui, vi, wi = tgt[0, i], tgt[1, i], tgt[2, i]
+                c = cell_of[i]
+                cz = c % nz
+                cy = (c // nz) % ny
+                cx = c // (ny * nz)
+                e_i = zero
+                ax = zero
+                ay = zero
+                az = zero
+                for ox in range(max(cx - 1, 0), min(cx + 2, nx)):
+                    for oy in range(max(cy - 1, 0), min(cy + 2, ny)):
+                        for oz in range(max(cz - 1, 0), min(cz + 2, nz)):
+                            cell = (ox * ny + oy) * nz + oz
+                            for slot in range(cell_start[cell], cell_start[cell + 1]):
+                                j = order[slot]
+                                if j <= i:
+                                    continue
+                                ex, ey, ez = ui - tgt[0, j], vi - tgt[1, j], wi - tgt[2, j]
+                                d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
+                                if d_t > rc:
+                                    continue
+                                dx, dy, dz = xi - pos[0, j], yi - pos[1, j], zi - pos[2, j]
+                                d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
+                                r = d_t - d_p
+                                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * mask[j] * r
+                                e_i += kr * r
+                                w_ij = kr / (d_p if d_p > zero else one)
+                                ax += w_ij * dx
+                                ay += w_ij * dy
+                                az += w_ij * dz
+                                gx[j] -= w_ij * dx
+                                gy[j] -= w_ij * dy
+                                gz[j] -= w_ij * dz
+                gx[i] += ax
+                gy[i] += ay
+                gz[i] += az
+                total += e_i
+            energy[s] = total
+
+    return pair, edges, cells
 
 
-#: Scheme id -> (pair kernel, edge kernel).
+@njit(cache=True, nogil=True)
+def build_cells(tgt, mask, cutoff, max_cells):
+    """Counting sort of the real atoms of ``tgt (3, N)`` into cubic cells of side >= ``cutoff``.
+
+    At most ``max_cells`` cells (the side grows for sparse structures), so memory stays ``O(N)``. Returns
+    ``(order, cell_start, cell_of, dims)``: atoms of cell ``c`` are ``order[cell_start[c]:cell_start[c + 1]]``.
+    """
+    n = tgt.shape[1]
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for i in range(n):
+        if mask[i] != 0:
+            for c in range(3):
+                v = tgt[c, i]
+                lo[c] = min(lo[c], v)
+                hi[c] = max(hi[c], v)
+    side = max(cutoff, 1e-12)
+    for _ in range(64):
+        total = 1
+        for c in range(3):
+            extent = max(hi[c] - lo[c], 0.0)
+            total *= int(extent / side) + 1
+        if total <= max_cells:
+            break
+        side *= 1.25
+    dims = np.empty(3, np.int64)
+    for c in range(3):
+        dims[c] = int(max(hi[c] - lo[c], 0.0) / side) + 1
+    n_cells = dims[0] * dims[1] * dims[2]
+    cell_of = np.zeros(n, np.int64)
+    counts = np.zeros(n_cells + 1, np.int64)
+    for i in range(n):
+        if mask[i] != 0:
+            ix = min(int((tgt[0, i] - lo[0]) / side), dims[0] - 1)
+            iy = min(int((tgt[1, i] - lo[1]) / side), dims[1] - 1)
+            iz = min(int((tgt[2, i] - lo[2]) / side), dims[2] - 1)
+            cell = (ix * dims[1] + iy) * dims[2] + iz
+            cell_of[i] = cell
+            counts[cell + 1] += 1
+    cell_start = np.cumsum(counts)
+    fill = cell_start[:-1].copy()
+    order = np.zeros(max(int(cell_start[-1]), 1), np.int64)
+    for i in range(n):
+        if mask[i] != 0:
+            order[fill[cell_of[i]]] = i
+            fill[cell_of[i]] += 1
+    return order, cell_start, cell_of, dims
+
+
+#: Scheme id -> (pair kernel, edge kernel, cell-list kernel).
 KERNELS = {scheme: _make_kernels(scheme) for scheme in range(4)}
 
 

@@ -39,6 +39,11 @@ MAX_DIM = 3
 BATCH_TASKS = 16
 #: Edge lists with fewer edges than this run in one task (threads would cost more than they save).
 EDGE_SPLIT_MIN = 16384
+#: With a ``cutoff``, structures of at least this many atoms use the cell list of their target (``O(N)`` pairs);
+#: smaller ones the dense kernel with the cutoff applied to each pair.
+CELL_LIST_MIN_ATOMS = 2048
+#: ``cutoff=None`` is passed to the kernels as this distance (no pair is farther).
+NO_CUTOFF = float("inf")
 
 _LOCK = threading.Lock()
 
@@ -46,12 +51,12 @@ _LOCK = threading.Lock()
 # torch._disable_dynamo, whose first call imports torch._dynamo (2-3 s) in every process.
 _LIB = torch.library.Library("energyloss", "DEF")
 _LIB.define(
-    "pair_energy(Tensor pred, Tensor target, Tensor? mask, int scheme, float k0, float aux, bool need_grad)"
-    " -> (Tensor, Tensor)"
+    "pair_energy(Tensor pred, Tensor target, Tensor? mask, int scheme, float k0, float aux, float cutoff,"
+    " bool need_grad) -> (Tensor, Tensor)"
 )
 _LIB.define(
     "edge_energy(Tensor pred, Tensor target, Tensor src, Tensor dst, Tensor owner, Tensor? valid, int num,"
-    " int scheme, float k0, float aux, bool need_grad) -> (Tensor, Tensor)"
+    " int scheme, float k0, float aux, float cutoff, bool need_grad) -> (Tensor, Tensor)"
 )
 
 
@@ -92,9 +97,11 @@ def _impl():
     return _numba_impl
 
 
-def _params(scheme: tuple[int, float, float], dtype: torch.dtype) -> tuple[int, Tensor]:
+def _params(scheme: tuple[int, float, float], dtype: torch.dtype, cutoff: float) -> tuple[int, Tensor]:
     sid, k0, aux = scheme
-    values = [k0, aux, exp_cutoff(dtype), 1.0 / aux, 0.0, 1.0]
+    # an infinite cutoff becomes the largest finite float: the kernels are compiled assuming no infinities
+    rc = min(cutoff, torch.finfo(dtype).max)
+    values = [k0, aux, exp_cutoff(dtype), 1.0 / aux, 0.0, 1.0, rc]
     return sid, torch.tensor(values, dtype=dtype)
 
 
@@ -113,18 +120,27 @@ def _pair_splits(bsz: int, n: int, threads: int) -> int:
 
 
 def _pair_energy_cpu(
-    pred: Tensor, target: Tensor, mask: Tensor | None, scheme: int, k0: float, aux: float, need_grad: bool
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    scheme: int,
+    k0: float,
+    aux: float,
+    cutoff: float,
+    need_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     bsz, n, dim = pred.shape
     if bsz == 0 or n == 0:
         return pred.new_zeros(bsz), torch.zeros_like(pred)
+    if cutoff < NO_CUTOFF and n >= CELL_LIST_MIN_ATOMS:
+        return _cell_list_energy(pred, target, mask, (scheme, k0, aux), cutoff, need_grad)
     soa = (pred.dtype, (bsz, 3, n))
     pos = torch.zeros(soa[1], dtype=soa[0])
     tgt = torch.zeros(soa[1], dtype=soa[0])
     pos[:, :dim] = pred.mT
     tgt[:, :dim] = target.mT
     weights = torch.ones(bsz, n, dtype=pred.dtype) if mask is None else mask.to(pred.dtype)
-    sid, params = _params((scheme, k0, aux), pred.dtype)
+    sid, params = _params((scheme, k0, aux), pred.dtype, cutoff)
     with _LOCK:
         splits = _pair_splits(bsz, n, _threads())
         grad = torch.zeros(bsz, splits, 3, n, dtype=pred.dtype)
@@ -145,7 +161,43 @@ def _pair_energy_cpu(
     return energy.sum(1).to(pred.dtype), out
 
 
-def _pair_energy_fake(pred, target, mask, scheme, k0, aux, need_grad):
+def _cell_list_energy(pred, target, mask, scheme, cutoff, need_grad) -> tuple[Tensor, Tensor]:
+    """The cutoff energy of large structures, one at a time, through the cell list of each target."""
+    bsz, n, dim = pred.shape
+    sid, params = _params(scheme, pred.dtype, cutoff)
+    impl = _impl()
+    energies, grads = [], []
+    with _LOCK:
+        splits = max(8, _threads())
+        for b in range(bsz):
+            pos = torch.zeros(3, n, dtype=pred.dtype)
+            tgt = torch.zeros(3, n, dtype=pred.dtype)
+            pos[:dim] = pred[b].mT
+            tgt[:dim] = target[b].mT
+            weights = torch.ones(n, dtype=pred.dtype) if mask is None else mask[b].to(pred.dtype)
+            order, cell_start, cell_of, dims = impl.build_cells(tgt.numpy(), weights.numpy(), float(cutoff), 2 * n)
+            grad = torch.zeros(splits, 3, n, dtype=pred.dtype)
+            energy = torch.zeros(splits, dtype=torch.float64)
+            impl.KERNELS[sid][2](
+                pos.numpy(),
+                tgt.numpy(),
+                weights.numpy(),
+                params.numpy(),
+                splits,
+                grad.numpy(),
+                energy.numpy(),
+                order,
+                cell_start,
+                cell_of,
+                dims,
+            )
+            energies.append(energy.sum())
+            grads.append(grad.sum(0)[:dim].mT.mul(-2.0))
+    out = torch.stack(grads) if need_grad else pred.new_zeros(0)
+    return torch.stack(energies).to(pred.dtype), out
+
+
+def _pair_energy_fake(pred, target, mask, scheme, k0, aux, cutoff, need_grad):
     return pred.new_empty(pred.shape[0]), (pred.new_empty(pred.shape) if need_grad else pred.new_empty(0))
 
 
@@ -154,18 +206,20 @@ torch.library.register_fake("energyloss::pair_energy", _pair_energy_fake, lib=_L
 
 
 def pair_energy_and_grad(
-    pred: Tensor, target: Tensor, mask: Tensor | None, coeff: object, need_grad: bool
+    pred: Tensor, target: Tensor, mask: Tensor | None, coeff: object, need_grad: bool, cutoff: float | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Complete-graph energies ``(B,)`` and, if ``need_grad``, their gradient w.r.t. ``pred`` ``(B, N, D)``.
 
     Same contract as the blocked PyTorch kernel of :mod:`energyloss.atomistic`: ``pred``, ``target`` ``(B, N, D)``
     float32/float64 CPU tensors, ``mask`` ``(B, N)`` bool or ``None`` (padded rows must hold finite values; the
-    loss zeroes them first), ``coeff`` a built-in scheme.
+    loss zeroes them first), ``coeff`` a built-in scheme. ``cutoff``: pairs whose target distance exceeds it are
+    dropped; structures of at least :data:`CELL_LIST_MIN_ATOMS` atoms then visit only the pairs within it.
     """
     scheme = builtin_scheme(coeff)
     if scheme is None or not 1 <= pred.shape[-1] <= MAX_DIM:
         raise ValueError(f"the numba kernel handles the built-in coefficient schemes and D <= {MAX_DIM}")
-    energy, grad = torch.ops.energyloss.pair_energy(pred.detach(), target.detach(), mask, *scheme, need_grad)
+    rc = NO_CUTOFF if cutoff is None else float(cutoff)
+    energy, grad = torch.ops.energyloss.pair_energy(pred.detach(), target.detach(), mask, *scheme, rc, need_grad)
     return energy, (grad if need_grad else None)
 
 
@@ -184,10 +238,11 @@ def _edge_energy_cpu(
     scheme: int,
     k0: float,
     aux: float,
+    cutoff: float,
     need_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     n_edges = src.shape[0]
-    sid, params = _params((scheme, k0, aux), pred.dtype)
+    sid, params = _params((scheme, k0, aux), pred.dtype, cutoff)
     with _LOCK:
         splits = 1 if n_edges < EDGE_SPLIT_MIN else _threads()
         grad = torch.zeros(splits, *pred.shape, dtype=pred.dtype)
@@ -210,7 +265,7 @@ def _edge_energy_cpu(
     return energy.sum(0).to(pred.dtype), out
 
 
-def _edge_energy_fake(pred, target, src, dst, owner, valid, num, scheme, k0, aux, need_grad):
+def _edge_energy_fake(pred, target, src, dst, owner, valid, num, scheme, k0, aux, cutoff, need_grad):
     return pred.new_empty(num), (pred.new_empty(pred.shape) if need_grad else pred.new_empty(0))
 
 
@@ -228,6 +283,7 @@ def edge_energy_and_grad(
     valid: Tensor | None,
     coeff: object,
     need_grad: bool,
+    cutoff: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Energies ``(num,)`` over edges ``(src, dst)`` of flat rows ``(M, D)`` and, if asked, the gradient ``(M, D)``.
 
@@ -239,7 +295,8 @@ def edge_energy_and_grad(
         raise ValueError("the numba kernel handles the built-in coefficient schemes only")
     if owner is None:
         owner = torch.zeros_like(src)
+    rc = NO_CUTOFF if cutoff is None else float(cutoff)
     energy, grad = torch.ops.energyloss.edge_energy(
-        pred.detach(), target.detach(), src, dst, owner, valid, num, *scheme, need_grad
+        pred.detach(), target.detach(), src, dst, owner, valid, num, *scheme, rc, need_grad
     )
     return energy, (grad if need_grad else None)

@@ -81,6 +81,7 @@ def _kernel():
         k0 = tl.load(PARAMS)
         aux = tl.load(PARAMS + 1)  # min_distance (inverse schemes) or length_scale (exp)
         cut = tl.load(PARAMS + 2)  # exp: springs past exp_cutoff are exactly 0
+        rc = tl.load(PARAMS + 3)  # the pair cutoff on target distances (the largest float: none)
 
         e_acc = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
         a0 = tl.zeros((BI, BJ), dtype=P.dtype.element_ty)
@@ -116,7 +117,7 @@ def _kernel():
             else:
                 x = d_t / aux
                 k = tl.where(x <= cut, k0 * tl.exp(-tl.minimum(x, cut)), 0.0)
-            valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :])
+            valid = row_ok[:, None] & col_ok[None, :] & (rows[:, None] != cols[None, :]) & (d_t <= rc)
             r = d_t - d_p
             kr = tl.where(valid, k * r, 0.0)
             e_acc += kr * r
@@ -185,9 +186,10 @@ def _params_on(values: tuple[float, ...], dtype: torch.dtype, device: torch.devi
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _params(coeff: object, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _params(coeff: object, dtype: torch.dtype, device: torch.device, cutoff: float | None) -> Tensor:
     _, k0, aux = builtin_scheme(coeff)
-    return _params_on((k0, aux, exp_cutoff(dtype)), dtype, device)
+    rc = torch.finfo(dtype).max if cutoff is None else min(float(cutoff), torch.finfo(dtype).max)
+    return _params_on((k0, aux, exp_cutoff(dtype), rc), dtype, device)
 
 
 def pair_energy_and_grad(
@@ -196,6 +198,7 @@ def pair_energy_and_grad(
     mask: Tensor | None,
     coeff: object,
     need_grad: bool,
+    cutoff: float | None = None,
     *,
     block_i: int = BLOCK_I,
     block_j: int = BLOCK_J,
@@ -205,7 +208,7 @@ def pair_energy_and_grad(
 
     Same contract as the blocked PyTorch kernel in :mod:`energyloss.atomistic`: ``pred`` and ``target`` are
     ``(B, N, D)`` float32/float64 on one device, ``mask`` ``(B, N)`` bool or ``None``, ``coeff`` one of the four
-    built-in coefficient classes.
+    built-in coefficient classes; ``cutoff`` drops the pairs whose target distance exceeds it.
     """
     bsz, n, dim = pred.shape
     if type(coeff) not in _SCHEMES or not 1 <= dim <= MAX_DIM:
@@ -220,7 +223,7 @@ def pair_energy_and_grad(
             pred,
             target,
             mask_bytes,
-            _params(coeff, pred.dtype, pred.device),
+            _params(coeff, pred.dtype, pred.device, cutoff),
             partial,
             grad,
             n,

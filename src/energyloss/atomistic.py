@@ -207,11 +207,11 @@ class _PairEnergy(torch.autograd.Function):
     """Complete-graph energies ``(B,)`` with the gradient computed in the same pass (it is only ``O(N D)``)."""
 
     @staticmethod
-    def forward(ctx, pred, target, mask, coeff, block):  # type: ignore[override]
+    def forward(ctx, pred, target, mask, coeff, block, cutoff):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0]
-        if block is None:  # a fused kernel (see pair_energy_loss)
+        if block is None:  # a fused kernel (see pair_energy_loss); the blocked one gets a truncated coeff instead
             fused = _numba_kernels if pred.device.type == "cpu" else _triton_kernels
-            energy, grad = fused.pair_energy_and_grad(pred, target, mask, coeff, need_grad)
+            energy, grad = fused.pair_energy_and_grad(pred, target, mask, coeff, need_grad, cutoff)
         else:
             energy, grad = _energy_and_grad(pred, target, mask, coeff, block, need_grad)
         if grad is not None:
@@ -222,7 +222,7 @@ class _PairEnergy(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         _first_order_only()
         (grad,) = ctx.saved_tensors
-        return grad * grad_out[:, None, None], None, None, None, None
+        return grad * grad_out[:, None, None], None, None, None, None, None
 
 
 def _block_size(bsz: int, n: int, chunk_size: int | str | None, device_type: str = "cpu") -> int:
@@ -277,10 +277,15 @@ class _EdgeEnergy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pred, target, src, dst, row_owner, num, valid, coeff, fused):  # type: ignore[override]
+    def forward(ctx, pred, target, src, dst, row_owner, num, valid, coeff, fused, cutoff):  # type: ignore[override]
         owner = None if row_owner is None else row_owner[src]
-        kernel = _numba_kernels.edge_energy_and_grad if fused else _edge_energy_and_grad
-        energy, grad = kernel(pred, target, src, dst, owner, num, valid, coeff, ctx.needs_input_grad[0])
+        need_grad = ctx.needs_input_grad[0]
+        if fused:
+            energy, grad = _numba_kernels.edge_energy_and_grad(
+                pred, target, src, dst, owner, num, valid, coeff, need_grad, cutoff
+            )
+        else:
+            energy, grad = _edge_energy_and_grad(pred, target, src, dst, owner, num, valid, coeff, need_grad)
         if grad is not None:
             ctx.save_for_backward(grad, row_owner)
         return energy
@@ -290,7 +295,7 @@ class _EdgeEnergy(torch.autograd.Function):
         _first_order_only()
         grad, row_owner = ctx.saved_tensors
         scale = grad_out.reshape(()) if row_owner is None else grad_out[row_owner].unsqueeze(-1)
-        return grad * scale, None, None, None, None, None, None, None, None
+        return grad * scale, None, None, None, None, None, None, None, None, None
 
 
 def _edge_energy(
@@ -302,6 +307,7 @@ def _edge_energy(
     batch: Tensor | None,
     coeff: Coefficients,
     batch_size: int | None = None,
+    cutoff: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Energies, edge counts and atom counts per structure for edge lists over any layout.
 
@@ -331,11 +337,23 @@ def _edge_energy(
         valid = None if flat_mask is None else flat_mask[src] & flat_mask[dst]
         n_atoms = torch.full((bsz,), n, device=pred.device) if mask is None else mask.sum(-1)
     fused = _numba_kernels.supports_edges(rows_p, coeff)
-    energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff, fused)
+    if cutoff is not None and not fused:
+        coeff = _Truncated(coeff, cutoff)
+    energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff, fused, cutoff)
     edge_owner = torch.zeros_like(src) if row_owner is None else row_owner[src]
     kept = torch.ones_like(src, dtype=torch.bool) if valid is None else valid
     n_pairs = torch.zeros(num, dtype=torch.long, device=pred.device).index_add_(0, edge_owner, kept.long())
     return energy, n_pairs, n_atoms
+
+
+class _Truncated:
+    """``coeff`` with springs beyond ``cutoff`` (target distance) set to 0: the cutoff on the PyTorch paths."""
+
+    def __init__(self, coeff: Coefficients, cutoff: float) -> None:
+        self.coeff, self.cutoff = coeff, cutoff
+
+    def __call__(self, distance: Tensor) -> Tensor:
+        return torch.where(distance <= self.cutoff, self.coeff(distance), 0.0)
 
 
 def pair_energy_loss(
@@ -352,6 +370,7 @@ def pair_energy_loss(
     undirected_edges: bool = False,
     batch_size: int | None = None,
     max_num_nodes: int | None = None,
+    cutoff: float | None = None,
 ) -> Tensor:
     r"""Pair (spring) energy loss of paper Eq. 7: an :math:`E(d)`-invariant replacement for the MSE.
 
@@ -390,6 +409,13 @@ def pair_energy_loss(
             ``batch.max()`` on the host.
         max_num_nodes: ragged layout: the largest structure's size. With ``batch_size`` too, ragged input needs no
             host synchronisation (and no graph break under ``torch.compile``).
+        cutoff: drop the pairs whose *target* distance exceeds ``cutoff`` (short-range springs). Meant for
+            decaying schemes: with exponential springs the dropped energy is at most
+            ``k0 * exp(-cutoff / length_scale) * sum (d_t - d_p)^2`` over the dropped pairs, i.e. a relative
+            ``exp(-cutoff / length_scale)`` of the same pairs under constant ``k0`` springs (tested). On the CPU,
+            structures of at least 2048 atoms then find their pairs through a cell list of the target, so time and
+            memory grow as ``O(N)`` at fixed density; elsewhere every pair is still visited. Not with
+            ``normalize="pairs"`` (the number of pairs kept is not counted).
 
     Padding is inert: whatever masked-out rows hold (NaN, inf, huge values) changes neither the value nor any
     gradient, and padded rows get exactly zero gradient. Structures without real atoms score 0 and are left out of
@@ -414,6 +440,11 @@ def pair_energy_loss(
         raise ValueError(f"chunk_size must be None, 'auto' or a positive int, got {chunk_size!r}")
     if undirected_edges and edges is None:
         raise ValueError("undirected_edges=True needs an edges tensor")
+    if cutoff is not None:
+        if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 < cutoff < float("inf"):
+            raise ValueError(f"cutoff must be None or a positive finite distance, got {cutoff!r}")
+        if normalize == "pairs":
+            raise ValueError("cutoff cannot be combined with normalize='pairs' (kept pairs are not counted)")
 
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     with torch.autocast(device_type=pred.device.type, enabled=False):
@@ -423,7 +454,7 @@ def pair_energy_loss(
         if edges is not None and batch is not None:
             _check_edges(edges, num_nodes=pred.shape[0], num_structures=None)
             energy, n_pairs, n_atoms = _edge_energy(
-                pred, target, edges, mask=None, batch=batch, coeff=coeff, batch_size=batch_size
+                pred, target, edges, mask=None, batch=batch, coeff=coeff, batch_size=batch_size, cutoff=cutoff
             )
             single = False
         else:
@@ -434,7 +465,9 @@ def pair_energy_loss(
             n_atoms = torch.full((bsz,), n, device=pred.device) if mask_b is None else mask_b.sum(-1)
             if edges is not None:
                 _check_edges(edges, num_nodes=n, num_structures=None if single else bsz)
-                energy, n_pairs, _ = _edge_energy(pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff)
+                energy, n_pairs, _ = _edge_energy(
+                    pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff, cutoff=cutoff
+                )
             else:
                 n_pairs = n_atoms * (n_atoms - 1) // 2
                 fused = chunk_size is None and (
@@ -449,7 +482,9 @@ def pair_energy_loss(
                     pred_b = pred_b - centroid(pred_b.detach(), mask=mask_b)
                     target_b = target_b - centroid(target_b, mask=mask_b)
                 block = None if fused else _block_size(bsz, n, chunk_size, pred.device.type)
-                energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block)
+                if cutoff is not None and not fused:
+                    coeff = _Truncated(coeff, cutoff)
+                energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block, cutoff)
         if undirected_edges:
             energy, n_pairs = 0.5 * energy, n_pairs // 2
 
