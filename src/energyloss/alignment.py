@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .atomistic import reduce_per_structure
-from .geometry import as_dense_batch, centroid, check_pair_inputs
+from .geometry import as_dense_batch, check_pair_inputs
 
 __all__ = ["apply_rigid", "kabsch_align", "kabsch_mse_loss", "mae_loss", "mse_loss"]
 
@@ -94,6 +94,23 @@ def _per_structure_mean(err: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return err.sum((-1, -2)) / max(err.shape[-1] * err.shape[-2], 1)
     return err.sum((-1, -2)) / (mask.sum(-1) * err.shape[-1]).clamp_min(1).to(err.dtype)
+
+
+def _centred(x: Tensor, weights: Tensor | None, denom: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Centre ``x (B, N, D)`` (padded rows zero) in two passes; return it and the two shifts ``(B, 1, D)``.
+
+    Far from the origin the first centroid is rounded to the coarse float grid there (0.004 at 1e5 in float32) and
+    would leave a shift; the second pass takes the mean of the small centred values, which is exact enough.
+    """
+    first = x.sum(-2, keepdim=True) / denom
+    out = x - first
+    if weights is not None:
+        out.mul_(weights)
+    second = out.sum(-2, keepdim=True) / denom
+    out.sub_(second)
+    if weights is not None:
+        out.mul_(weights)
+    return out, (first, second)
 
 
 def _counts(pred_b: Tensor, mask_b: Tensor | None) -> Tensor:
@@ -220,17 +237,14 @@ def kabsch_mse_loss(
     dtype = torch.promote_types(pred_b.dtype, torch.float32)
     with torch.autocast(device_type=pred_b.device.type, enabled=False):
         p = pred_b.to(dtype)
-        y = target_b.detach().to(dtype)
-        p_c = p - centroid(p.detach(), mask=mask_b)
-        y_c = y - centroid(y, mask=mask_b)
-        # Second pass: far from the origin the first centroid is rounded to the coarse float grid there (0.004 at
-        # 1e5 in float32), which would leave a shift; the differences are small numbers, whose mean is exact enough.
-        p_c = p_c - centroid(p_c.detach(), mask=mask_b)
-        y_c = y_c - centroid(y_c, mask=mask_b)
-        if mask_b is not None:  # padded rows back to exactly zero (they hold minus the centroid)
-            keep = mask_b.unsqueeze(-1)
-            p_c, y_c = torch.where(keep, p_c, 0.0), torch.where(keep, y_c, 0.0)
-        rot = _proper_rotation(y_c.mT @ p_c.detach())
+        weights = None if mask_b is None else mask_b.unsqueeze(-1).to(dtype)
+        denom = counts.clamp_min(1).to(dtype)[:, None, None]
+        y_c, _ = _centred(target_b.detach().to(dtype), weights, denom)
+        p_detached, shifts = _centred(p.detach(), weights, denom)
+        p_c = p - shifts[0] - shifts[1]
+        if weights is not None:
+            p_c = p_c * weights
+        rot = _proper_rotation(y_c.mT @ p_detached)
         err = (p_c - y_c @ rot.mT).square()
         per_structure = _per_structure_mean(err, mask_b).to(pred_b.dtype)
     return reduce_per_structure(per_structure, reduction, single=single, counts=counts)
