@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from energyloss.experiments.molecules import data_cli, geom, qm9
+from energyloss.experiments.molecules import data, data_cli, geom, qm9
 from energyloss.experiments.molecules.data import (
     ELEMENT_SYMBOLS,
     MoleculeDataset,
@@ -277,6 +280,53 @@ def test_incompatible_or_inconsistent_manifest_detected(tmp_path, synthetic):
         qm9.verify_cache(path)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.pop("n_molecules"),
+        lambda m: m.pop("n_atoms"),
+        lambda m: m["n_molecules"].pop("test"),
+        lambda m: m.update(n_atoms="many"),
+        lambda m: m.pop("sha256"),
+        lambda m: m.update(split={}),
+    ],
+    ids=["no-n_molecules", "no-n_atoms", "no-test-count", "bad-n_atoms", "no-sha256", "no-n_train"],
+)
+def test_manifest_missing_fields_is_corrupt_and_rebuilt(tmp_path, synthetic, change):
+    _, folder = synthetic
+    path = _prepare(tmp_path, folder)
+    mpath = path.with_suffix(".json")
+    manifest = json.loads(mpath.read_text())
+    change(manifest)
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(qm9.CacheError, match=rf"corrupt: manifest {re.escape(str(mpath))} lacks or has malformed"):
+        qm9.verify_cache(path)
+    with pytest.raises(qm9.CacheError, match="lacks or has malformed"):
+        _load(tmp_path, folder, on_invalid="raise")
+    with pytest.warns(UserWarning, match=rf"rebuilt: corrupt: manifest {re.escape(str(mpath))}"):
+        splits = _load(tmp_path, folder)
+    assert len(splits["test"]) == 4
+    assert qm9.verify_cache(path)["n_molecules"] == {"train": 20, "valid": 16, "test": 4}
+
+
+def test_stale_temporary_cache_files_are_removed(tmp_path, synthetic):
+    _, folder = synthetic
+    path = _prepare(tmp_path, folder)
+    dead = path.with_name(f"{path.name}.tmp-999999999")  # its writer is gone
+    live = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # a live writer: kept
+    old = path.with_name(f"qm9-train-smiles-v1.json.tmp-{os.getpid()}")  # live pid but a day old
+    for p in (dead, live, old):
+        p.write_bytes(b"partial")
+    stale = time.time() - qm9.STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (stale, stale))
+    _load(tmp_path, folder, on_invalid="raise")
+    assert not dead.exists() and not old.exists() and live.exists()
+    live.unlink()
+    dead.write_bytes(b"partial")
+    _prepare(tmp_path, folder)  # preparing cleans up too
+    assert not dead.exists()
+
+
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ENERGYLOSS_CACHE", str(tmp_path / "env-cache"))
     assert qm9.default_cache_dir() == tmp_path / "env-cache"
@@ -529,3 +579,103 @@ def test_geom_reader_errors(tmp_path):
         geom.load_geom_drugs(tmp_path / "g.npy")
     with pytest.raises(ValueError, match="permutation of 0..1"):
         geom.geom_split(2, permutation=np.array([0, 0]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad records: one-line errors naming the file and record; what cannot be scored is screened out with a count
+
+WATER = "3\nwater\nO 0.0 0.0 0.0\nH 0.9572 0.0 0.0\nH -0.24 0.9266 0.0\n"
+
+
+def test_xyz_errors_name_file_line_and_record(tmp_path):
+    cases = {
+        "unknown-element": (WATER + "1\n\nQq 0 0 0\n", r":8: record 1: unknown element 'Qq'"),
+        "negative-z": (WATER + "1\n\n-1 0 0 0\n", r":8: record 1: unknown element '-1'"),
+        "z-too-large": (WATER + "1\n\n200 0 0 0\n", r":8: record 1: unknown element '200'"),
+        "bad-float": (WATER + "1\n\nC 0 zero 0\n", r":8: record 1: could not convert"),
+        "negative-count": (WATER + "-2\n\n", r":6: record 1: negative atom count -2"),
+    }
+    for name, (text, match) in cases.items():
+        path = tmp_path / f"{name}.xyz"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + match) as err:
+            load_molecules(path)
+        assert "\n" not in str(err.value)
+
+
+def test_sample_file_errors_name_file_and_molecule(tmp_path):
+    pos = torch.zeros(3, 4, 3)
+    z = torch.tensor([[8, 1, 1, 0], [6, 1, -1, 0], [6, 6, 0, 0]])
+    np.savez(tmp_path / "neg.npz", positions=pos.numpy(), atomic_numbers=z.numpy())
+    with pytest.raises(ValueError, match=r"neg\.npz: molecule 1, atom 2: atomic number -1 is outside 1\.\.86"):
+        load_molecules(tmp_path / "neg.npz")
+    z_big = z.clone()
+    z_big[1, 2] = 200
+    np.savez(tmp_path / "big.npz", positions=pos.numpy(), atomic_numbers=z_big.numpy())
+    with pytest.raises(ValueError, match=r"big\.npz: molecule 1, atom 2: atomic number 200 is outside"):
+        load_molecules(tmp_path / "big.npz")
+    mask = z_big > 0
+    mask[2, 3] = True  # a real atom with Z = 0
+    np.savez(tmp_path / "zero.npz", positions=pos.numpy(), atomic_numbers=z.abs().numpy(), mask=mask.numpy())
+    with pytest.raises(ValueError, match=r"zero\.npz: molecule 2, atom 3: atomic number 0 is outside"):
+        load_molecules(tmp_path / "zero.npz")
+    holes = torch.tensor([[True, False, True, False]] * 3)
+    ones = np.ones((3, 4), np.int64)
+    np.savez(tmp_path / "holes.npz", positions=pos.numpy(), atomic_numbers=ones, mask=holes.numpy())
+    with pytest.raises(ValueError, match=r"holes\.npz: molecule 0: mask must mark a prefix"):
+        load_molecules(tmp_path / "holes.npz")
+    np.savez(tmp_path / "shape.npz", positions=pos.numpy(), atomic_numbers=z.abs().numpy()[:, :3])
+    with pytest.raises(ValueError, match=r"shape\.npz: atomic_numbers must have shape \(3, 4\)"):
+        load_molecules(tmp_path / "shape.npz")
+    good = save_molecules(tmp_path / "good.npz", pos, z.abs())
+    raw = good.read_bytes()
+    for name, content in (("trunc.npz", raw[: len(raw) // 2]), ("junk.npz", b"junk" * 50), ("junk.pt", b"junk")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / name)) + r": cannot be read as a \.(npz|pt)"):
+            load_molecules(tmp_path / name)
+    # one-hot samples: an all-zero row is padding, not the first element
+    one_hot = np.zeros((1, 3, 2), np.float32)
+    one_hot[0, 0, 1] = one_hot[0, 1, 0] = 1
+    np.savez(tmp_path / "oh.npz", positions=np.zeros((1, 3, 3)), one_hot=one_hot, elements=np.array([1, 6]))
+    assert load_molecules(tmp_path / "oh.npz").atomic_numbers.tolist() == [6, 1]
+
+
+def test_screening_excludes_empty_and_non_finite_with_record_numbers(tmp_path):
+    nan_block = "2\nbroken\nC nan 0 0\nH 1.09 0 0\n"
+    (tmp_path / "m.xyz").write_text("0\n\n" + WATER + "0\nempty\n\n" + nan_block + "1\n\nC inf 0 0\n0\n\n")
+    screened = data.load_screened(tmp_path / "m.xyz")
+    assert screened.n_records == 6 and len(screened.molecules) == 1
+    assert screened.molecules.ids.tolist() == [1] and screened.molecules.num_atoms.tolist() == [3]
+    assert screened.excluded == {"empty": [0, 2, 5], "non_finite_positions": [3, 4], "no_3d_coordinates": []}
+    assert screened.summary() == (
+        "5 of 6 records excluded, not scored: 3 empty (records 0, 2, 5); 2 non finite positions (records 3, 4)"
+    )
+    assert data.load_screened(tmp_path / "m.xyz", limit=2).excluded["empty"] == [0]
+    assert len(load_molecules(tmp_path / "m.xyz")) == 6  # the plain reader keeps every record
+
+
+def test_sdf_records_without_3d_coordinates(tmp_path):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    writer = Chem.SDWriter(str(tmp_path / "m.sdf"))
+    for smi, embed in (("CO", True), ("CCO", False), ("C#N", True)):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        if embed:
+            AllChem.EmbedMolecule(mol, randomSeed=0)
+        else:
+            AllChem.Compute2DCoords(mol)  # a 2-D depiction: z = 0, header flag 2D
+        writer.write(mol)
+    writer.close()
+    with pytest.raises(ValueError, match=r"m\.sdf: record 1 has no 3-D coordinates"):
+        load_molecules(tmp_path / "m.sdf")
+    screened = data.load_screened(tmp_path / "m.sdf")
+    assert screened.excluded["no_3d_coordinates"] == [1] and screened.molecules.ids.tolist() == [0, 2]
+    assert screened.molecules.num_atoms.tolist() == [6, 3]
+    dummy = Chem.MolFromSmiles("C*")
+    AllChem.EmbedMolecule(dummy, randomSeed=0)
+    writer = Chem.SDWriter(str(tmp_path / "dummy.sdf"))
+    writer.write(dummy)
+    writer.close()
+    with pytest.raises(ValueError, match=r"dummy\.sdf: record 0, atom 1: atomic number 0 \(a dummy"):
+        data.load_screened(tmp_path / "dummy.sdf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -379,6 +380,94 @@ def test_eval_cli_reference_split_and_novelty(tmp_path, capsys):
     assert out["n_molecules"] == 2 and out["validity"] is None
 
 
+WATER = "3\nwater\nO 0.0 0.0 0.0\nH 0.9572 0.0 0.0\nH -0.24 0.9266 0.0\n"
+
+
+def test_empty_and_non_finite_molecules_are_excluded_not_scored():
+    water = (torch.tensor([[0.0, 0, 0], [0.9572, 0, 0], [-0.24, 0.9266, 0]]), [8, 1, 1])
+    pos, z, mask = as_batch(water, methane(), water)
+    pos = torch.cat([pos, torch.zeros(2, 5, 3)])  # two empty rows
+    z = torch.cat([z, torch.zeros(2, 5, dtype=torch.long)])
+    mask = torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)])
+    pos[2, 1, 0] = float("nan")  # the second water has a NaN coordinate
+    pos[0, 4] = float("nan")  # NaN on padding is ignored
+    r = evaluate_molecules(pos, z, mask=mask)
+    assert r["n_molecules"] == 2 and r["n_excluded_empty"] == 2 and r["n_excluded_non_finite"] == 1
+    assert r["n_atoms"] == 8 and r["molecule_stability"] == 1.0 and r["validity"] == 1.0
+    only_empty = evaluate_molecules(torch.zeros(3, 2, 3), torch.zeros(3, 2, dtype=torch.long))
+    assert only_empty["n_molecules"] == 0 and only_empty["molecule_stability"] is None
+    assert only_empty["validity"] is None and only_empty["n_excluded_empty"] == 3
+    # the counts are sums: merged / split updates agree
+    a, b = MoleculeMetrics(), MoleculeMetrics()
+    a.update(pos[:3], z[:3], mask=mask[:3])
+    b.update(pos[3:], z[3:], mask=mask[3:])
+    assert a.merge(b).compute() == r
+
+
+def test_eval_cli_excludes_unscorable_records_with_a_note(tmp_path, capsys):
+    from energyloss.cli import main
+
+    path = tmp_path / "samples.xyz"
+    path.write_text(WATER + "0\n\n" * 3 + "1\nnan\nC nan 0 0\n")  # one water, three empty, one NaN
+    assert main(["eval-molecules", str(path), "--json", "--jobs", "1"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["n_records"] == 5 and out["n_molecules"] == 1 and out["molecule_stability"] == 1.0
+    assert out["n_excluded_empty"] == 3 and out["n_excluded_non_finite"] == 1 and out["n_excluded_no_3d"] == 0
+    assert out["excluded_records"] == {"empty": [1, 2, 3], "non_finite_positions": [4], "no_3d_coordinates": []}
+    note = captured.err.strip().splitlines()
+    assert len(note) == 1 and str(path) in note[0] and "4 of 5 records excluded" in note[0]
+    assert main(["eval-molecules", str(path), "--jobs", "1", "--no-rdkit"]) == 0
+    assert "4 of 5 records excluded, not scored: 3 empty (records 1, 2, 3)" in capsys.readouterr().out
+
+    from rdkit.Chem import AllChem
+
+    sdf = tmp_path / "m.sdf"
+    writer = Chem.SDWriter(str(sdf))
+    for smi, embed in (("O", True), ("CO", False)):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        if embed:
+            AllChem.EmbedMolecule(mol, randomSeed=0)
+        else:
+            AllChem.Compute2DCoords(mol)  # 2-D only: excluded
+        writer.write(mol)
+    writer.close()
+    assert main(["eval-molecules", str(sdf), "--json", "--jobs", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (
+        out["n_molecules"] == 1 and out["n_excluded_no_3d"] == 1 and out["excluded_records"]["no_3d_coordinates"] == [1]
+    )
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("neg.npz", None, r"neg\.npz: molecule 0, atom 1: atomic number -1 is outside 1\.\.86"),
+        ("bad.xyz", WATER + "1\n\nXx 0 0 0\n", r"bad\.xyz:8: record 1: unknown element 'Xx'"),
+        ("junk.npz", b"junk", r"junk\.npz: cannot be read as a \.npz file"),
+        ("empty.xyz", "0\n\n0\n\n", r"empty\.xyz: no molecule to evaluate \(2 of 2 records excluded"),
+        ("missing.npz", "absent", r"no such file: .*missing\.npz"),
+    ],
+)
+def test_eval_cli_reports_bad_files_in_one_line_with_exit_status_2(tmp_path, capsys, name, content, match):
+    from energyloss.cli import main
+
+    path = tmp_path / name
+    if name == "neg.npz":
+        np.savez(path, positions=np.zeros((1, 3, 3)), atomic_numbers=np.array([[8, -1, 1]]))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content != "absent":
+        path.write_text(content)
+    assert main(["eval-molecules", str(path), "--jobs", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("energyloss eval-molecules: error: "), captured.err
+    assert re.search(match, lines[0]), lines[0]
+    assert "Traceback" not in captured.err
+
+
 def test_speed_path_is_vectorised():
     """Bond inference for many molecules is one tensor op per chunk (shape check, no timing)."""
     g = torch.Generator().manual_seed(1)
@@ -389,3 +478,22 @@ def test_speed_path_is_vectorised():
     per_molecule = torch.stack([bond_orders(pos[b], z[b]) for b in range(64)])
     assert torch.equal(orders, per_molecule)
     assert np.isin(orders.unique().numpy(), [0, 1, 2, 3]).all()
+
+
+def test_non_finite_samples_can_count_as_failures():
+    from energyloss.experiments.molecules.metrics import MoleculeMetrics
+
+    water = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]])
+    z = torch.tensor([[8, 1, 1]])
+    bad = water.clone()
+    bad[0, 1, 0] = float("nan")
+    positions, numbers = torch.cat([water, bad]), torch.cat([z, z])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    excluded = MoleculeMetrics(use_rdkit=False)
+    excluded.update(positions, numbers, mask=mask)
+    failed = MoleculeMetrics(use_rdkit=False, non_finite="fail")
+    failed.update(positions, numbers, mask=mask)
+    a, b = excluded.compute(), failed.compute()
+    assert a["n_molecules"] == 1 and a["n_excluded_non_finite"] == 1 and a["molecule_stability"] == 1.0
+    assert b["n_molecules"] == 2 and b["n_excluded_non_finite"] == 0 and b["molecule_stability"] == 0.5
+    assert b["atom_stability"] == 0.5

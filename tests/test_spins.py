@@ -475,8 +475,11 @@ def test_open_boundary_couplings_must_be_zero_outside_the_lattice():
         (lambda: ising_energy(torch.ones(1, 1), torch.zeros(2, 1, 1), periodic=True), "periodic"),
         (lambda: spin_cross_entropy_loss(torch.zeros(2, 2), torch.ones(2, 2), reduction="avg"), "reduction"),
         (lambda: true_energy_loss(torch.zeros(2, 2), torch.zeros(2, 2, 2), temperature=0.0), "temperature"),
-        (lambda: free_energy_loss(torch.zeros(2, 2), torch.zeros(3, 3)), "field must broadcast"),
-        (lambda: spin_margin_loss(torch.zeros(2, 3), torch.ones(2, 2)), r"logits must have shape"),
+        (lambda: free_energy_loss(torch.zeros(2, 2), torch.zeros(3, 3)), r"field must have the shape of logits"),
+        (
+            lambda: spin_margin_loss(torch.zeros(2, 3), torch.ones(2, 2)),
+            r"logits \(2, 3\) and target \(2, 2\) must have the same shape",
+        ),
         (lambda: spin_entropy(torch.zeros(4)), r"logits must have shape"),
     ],
 )
@@ -488,3 +491,160 @@ def test_bad_inputs_raise_value_error(call, match):
 def test_non_tensor_raises_type_error():
     with pytest.raises(TypeError, match="couplings must be a torch.Tensor"):
         ising_energy(torch.ones(2, 2), [[0.0]])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input validation: shapes never broadcast, targets are +-1, values finite, positive site weights
+
+
+def _batch(b=3, size=4, seed=200):
+    J = random_couplings((b, 2, size, size), seed=seed)
+    y = random_spins((b, size, size), seed=seed + 1)
+    z = torch.randn(b, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 2))
+    return z, y, J
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cross_entropy", "margin", "local_field", "flip"],
+)
+def test_cnn_channel_dimension_is_refused_not_broadcast(name):
+    z, y, J = _batch()
+    fn = {
+        "cross_entropy": lambda z, y: spin_cross_entropy_loss(z, y),
+        "margin": lambda z, y: spin_margin_loss(z, y),
+        "local_field": lambda z, y: local_field_energy_loss(z, y, J),
+        "flip": lambda z, y: flip_invariant_loss(spin_cross_entropy_loss, z, y),
+    }[name]
+    with pytest.raises(ValueError, match=r"logits \(3, 1, 4, 4\).*nothing is broadcast.*logits\.squeeze\(-3\)") as err:
+        fn(z.unsqueeze(1), y)
+    assert "field" not in str(err.value)  # names the arguments the user passed
+    with pytest.raises(ValueError, match=r"target\.squeeze\(-3\)"):
+        fn(z, y.unsqueeze(1))
+
+
+def test_true_energy_loss_refuses_a_channel_dimension_against_batched_couplings():
+    z, _, J = _batch()
+    with pytest.raises(ValueError, match=r"couplings \(3, 2, 4, 4\) and logits \(3, 1, 4, 4\).*squeeze\(-3\)"):
+        true_energy_loss(z.unsqueeze(1), J)
+    with pytest.raises(ValueError, match=r"couplings .* and logits .* batch dimensions \(3,\) and \(2,\)"):
+        true_energy_loss(z[:2], J)
+    # shared couplings (2, L, L) are accepted and equal the per-instance loss
+    shared = true_energy_loss(z, J[0], reduction="none")
+    torch.testing.assert_close(shared, true_energy_loss(z, J[0].expand(3, 2, 4, 4), reduction="none"))
+
+
+def test_local_field_energy_loss_shape_errors_name_the_user_arguments():
+    z, y, J = _batch()
+    with pytest.raises(ValueError, match=r"logits must have shape \(\.\.\., 4, 4\) to match couplings") as err:
+        local_field_energy_loss(z[..., :3], y, J)
+    assert "field" not in str(err.value)
+    with pytest.raises(ValueError, match=r"logits \(3, 4, 4\) and target \(4, 4\) must have the same shape"):
+        local_field_energy_loss(z, y[0], J)
+    with pytest.raises(ValueError, match=r"couplings must have shape \(\.\.\., 2, L, L\)"):
+        local_field_energy_loss(z, y, J[:, :1])
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda y: (y + 1) / 2, r"target must hold spins \+1 / -1, got values in \{0, 1\}.*2 \* target - 1"),
+        (lambda y: torch.where(y > 0, 0.5, -1.0).double(), r"target must hold spins \+1 / -1 only, got .*e\.g\. 0\.5"),
+        (lambda y: torch.where(y > 0, float("nan"), -1.0).double(), r"target .* \(e\.g\. nan"),
+        (lambda y: 2 * y, r"target must hold spins \+1 / -1 only"),
+    ],
+)
+def test_targets_must_be_plus_minus_one(bad, match):
+    z, y, J = _batch()
+    for call in (
+        lambda t: spin_cross_entropy_loss(z, t),
+        lambda t: spin_margin_loss(z, t),
+        lambda t: local_field_energy_loss(z, t, J),
+        lambda t: local_field_weights(t, J),
+        lambda t: local_field_energy(y, t, J),
+    ):
+        with pytest.raises(ValueError, match=match):
+            call(bad(y))
+
+
+def test_bool_targets_and_integer_logits_are_type_errors():
+    z, y, J = _batch()
+    with pytest.raises(TypeError, match=r"target must be a real .* dtype torch\.bool.*2 \* target\.float\(\) - 1"):
+        spin_cross_entropy_loss(z, y > 0)
+    with pytest.raises(TypeError, match=r"target must be a real"):
+        local_field_energy_loss(z, y > 0, J)
+    with pytest.raises(TypeError, match=r"logits must be a floating-point tensor, got dtype torch\.int64"):
+        spin_cross_entropy_loss(z.long(), y)
+    with pytest.raises(TypeError, match=r"couplings must be a real .* torch\.bool"):
+        true_energy_loss(z, J > 0)
+
+
+def test_integer_targets_are_accepted():
+    z, y, J = _batch()
+    as_int = y.to(torch.int8)
+    torch.testing.assert_close(spin_cross_entropy_loss(z, as_int), spin_cross_entropy_loss(z, y))
+    torch.testing.assert_close(local_field_energy_loss(z, as_int, J), local_field_energy_loss(z, y, J))
+
+
+def test_nan_and_inf_are_refused():
+    z, y, J = _batch()
+    z_nan = z.clone()
+    z_nan[1, 2, 3] = float("nan")
+    for call in (
+        lambda: spin_cross_entropy_loss(z_nan, y),
+        lambda: local_field_energy_loss(z_nan, y, J),
+        lambda: true_energy_loss(z_nan, J),
+        lambda: spin_entropy(z_nan),
+        lambda: free_energy_loss(z_nan, y),
+    ):
+        with pytest.raises(ValueError, match=r"logits must be finite, got 1 NaN / inf entries of 48"):
+            call()
+    J_inf = J.clone()
+    J_inf[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="couplings must be finite"):
+        local_field_energy_loss(z, y, J_inf)
+    with pytest.raises(ValueError, match="couplings must be finite"):
+        ising_energy(y, J_inf)
+    with pytest.raises(ValueError, match="field must be finite"):
+        free_energy_loss(z, torch.full_like(z, float("nan")))
+
+
+def test_energy_functions_refuse_values_outside_the_unit_interval_and_mismatched_batches():
+    _, y, J = _batch()
+    with pytest.raises(
+        ValueError, match=r"spins must hold spins \+1 / -1 or magnetisations in \[-1, 1\], got 48 of 48"
+    ):
+        ising_energy(3 * y, J)
+    with pytest.raises(ValueError, match=r"pred must hold spins \+1 / -1 or magnetisations"):
+        local_field_energy(torch.full_like(y, float("nan")), y, J)
+    with pytest.raises(ValueError, match=r"leading \(batch\) dimensions .* spins \(3, 1\), couplings \(3,\)"):
+        ising_energy(y.unsqueeze(1), J)
+    with pytest.raises(ValueError, match=r"spins\.squeeze\(-3\)"):
+        local_fields(y.unsqueeze(1), J)
+    # shared tensors are fine: one configuration on many lattices, many configurations on one lattice
+    assert ising_energy(y[0], J).shape == (3,) and ising_energy(y, J[0]).shape == (3,)
+
+
+def test_h0_leaving_a_non_positive_weight_is_refused_with_an_h0_that_works():
+    # the worst case of test_worst_case_data_needs_h0_above_4 with couplings outside [-1, 1]: y_i h_i = -6
+    J = torch.zeros(2, 3, 3, dtype=torch.float64)
+    J[0, 1, 0] = J[0, 1, 1] = J[1, 0, 1] = J[1, 1, 1] = 1.5
+    y = torch.ones(3, 3, dtype=torch.float64)
+    y[1, 1] = -1.0
+    z = torch.zeros(3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"h0=5 leaves 1 of 9 site weights .* <= 0 \(smallest -1\)") as err:
+        local_field_energy_loss(z, y, J)  # the default h0 = 5 is not enough here
+    message = str(err.value)
+    assert "any h0 > 6 will do" in message and "for any target on these couplings h0 > 6" in message
+    assert float(local_field_energy_loss(z, y, J, h0=6.01)) > 0  # the suggested h0 works
+    with pytest.raises(ValueError, match=r"h0=6 leaves"):  # w_i = 0 is not enough either
+        local_field_energy_loss(z, y, J, h0=6.0)
+    with pytest.raises(ValueError, match=r"h0=5 leaves"):
+        flip_invariant_loss(local_field_energy_loss, z, y, J)
+    with pytest.raises(ValueError, match="h0 must be a finite number"):
+        local_field_energy_loss(z, y, J, h0=float("nan"))
+    # ground states have non-negative flip costs: any h0 > 0 is accepted, and the weights themselves are not checked
+    Jg = random_couplings((2, 3, 3), seed=210)
+    g = brute_ground_state(Jg)
+    local_field_energy_loss(torch.zeros(3, 3, dtype=torch.float64), g, Jg, h0=1e-3)
+    assert float(local_field_weights(y, J, h0=0.0).min()) == pytest.approx(-6.0)

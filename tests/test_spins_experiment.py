@@ -1,6 +1,9 @@
 """Tests of the spin-glass experiment: exact ground-state solvers, the data cache, the CNN, the CLI run."""
 
 import json
+import os
+import re
+import time
 
 import numpy as np
 import pytest
@@ -144,10 +147,61 @@ def test_cache_roundtrip_env_variable_and_corruption(tmp_path, monkeypatch):
     stored["energies"] = stored["energies"] + 1.0
     np.savez(info["path"], **stored)
     with pytest.raises(ValueError, match="checksum"):
-        data.load_or_generate(spec, "val", 6, show_progress=False)
+        data.load_or_generate(spec, "val", 6, show_progress=False, on_invalid="raise")
+    with pytest.warns(UserWarning, match=rf"corrupt and will be regenerated: {re.escape(info['path'])}: checksum"):
+        rebuilt, info_rebuilt = data.load_or_generate(spec, "val", 6, show_progress=False)
+    assert not info_rebuilt["cached"]
+    np.testing.assert_array_equal(rebuilt["energies"], first["energies"])
     # an explicit cache_dir wins over the environment
     _, info5 = data.load_or_generate(spec, "val", 2, cache_dir=tmp_path / "other", show_progress=False)
     assert info5["path"].startswith(str(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "missing-array", "wrong-shape"])
+def test_corrupt_cache_file_is_reported_with_its_path_and_rebuilt(tmp_path, damage):
+    spec = data.SpinDataSpec(size=4, seed=3)
+    fresh, info = data.load_or_generate(spec, "test", 5, cache_dir=tmp_path, show_progress=False)
+    path = info["path"]
+    raw = open(path, "rb").read()
+    if damage == "truncated":
+        open(path, "wb").write(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        open(path, "wb").write(b"not a zip file at all" * 10)
+    elif damage == "empty":
+        open(path, "wb").close()
+    else:
+        with np.load(path) as f:
+            stored = {k: f[k] for k in f.files}
+        if damage == "missing-array":
+            del stored["spins"]
+        else:
+            stored["spins"] = stored["spins"][:, :3]
+        np.savez(path, **stored)
+    with pytest.raises(ValueError, match=re.escape(path)):
+        data.load_or_generate(spec, "test", 5, cache_dir=tmp_path, show_progress=False, on_invalid="raise")
+    with pytest.warns(UserWarning, match=re.escape(path)):
+        again, info2 = data.load_or_generate(spec, "test", 5, cache_dir=tmp_path, show_progress=False)
+    assert not info2["cached"] and info2["path"] == path
+    for key in ("couplings", "spins", "energies"):
+        np.testing.assert_array_equal(again[key], fresh[key])
+    _, info3 = data.load_or_generate(spec, "test", 5, cache_dir=tmp_path, show_progress=False)
+    assert info3["cached"]  # the rebuilt file is valid
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    spec = data.SpinDataSpec(size=4, seed=4)
+    folder = tmp_path / "spins"
+    folder.mkdir()
+    dead = folder / "test-L4-x-n5.npz.tmp999999999.npz"  # no such process
+    mine = folder / f"test-L4-x-n5.npz.tmp{os.getpid()}.npz"  # a live writer (this process)
+    old = folder / f"test-L4-x-n6.npz.tmp{os.getpid()}.npz"  # a live pid, but a day old
+    for p in (dead, mine, old):
+        p.write_bytes(b"partial")
+    stale = time.time() - data.STALE_TEMPORARY_SECONDS - 60
+    os.utime(old, (stale, stale))
+    data.load_or_generate(spec, "test", 2, cache_dir=tmp_path, show_progress=False)
+    assert not dead.exists() and not old.exists() and mine.exists()
+    assert sorted(p.name for p in folder.iterdir() if ".tmp" in p.name) == [mine.name]
 
 
 # ----------------------------------------------------------------------------------------------------------------

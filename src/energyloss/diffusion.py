@@ -77,14 +77,18 @@ def polynomial_schedule(steps: int, *, power: float = 2.0, precision: float = 1e
 class NoiseSchedule:
     r"""Discrete variance-preserving schedule: :math:`\alpha_t`, :math:`\sigma_t = \sqrt{1 - \alpha_t^2}`, SNR.
 
-    Built from :math:`\alpha_t^2` values for ``t = 0 .. T`` (see :func:`polynomial_schedule`). ``alpha(t)``,
-    ``sigma(t)`` and ``snr(t)`` take integer step tensors ``t`` in ``[0, T]``.
+    Built from :math:`\alpha_t^2` values for ``t = 0 .. T`` (see :func:`polynomial_schedule`), kept as given
+    (float64 for :meth:`polynomial`). ``alpha(t)``, ``sigma(t)`` and ``snr(t)`` take integer step tensors ``t``
+    in ``[0, T]`` and return a tensor of ``t``'s shape on ``t``'s device, computed in float64 and returned in
+    ``dtype`` (default: ``torch.get_default_dtype()``, so a float32 network gets float32 ``alpha_t``).
 
     Example:
         >>> sched = NoiseSchedule.polynomial(100)
         >>> t = torch.tensor([0, 100])
         >>> bool(sched.snr(t)[0] > 1e4), bool(sched.snr(t)[1] < 1e-4)
         (True, True)
+        >>> sched.alpha(t).dtype, sched.alpha(t, dtype=torch.float64).dtype
+        (torch.float32, torch.float64)
     """
 
     alphas2: Tensor = field(repr=False)
@@ -104,45 +108,71 @@ class NoiseSchedule:
             raise TypeError("t must hold integer diffusion steps; scale continuous times by the number of steps")
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.steps):
             raise ValueError(f"t must lie in [0, {self.steps}], got [{int(t.min())}, {int(t.max())}]")
-        return self.alphas2.to(t.device)[t]
+        return self.alphas2.to(device=t.device, dtype=torch.float64)[t]
 
-    def alpha(self, t: Tensor) -> Tensor:
-        return self._lookup(t).sqrt()
+    @staticmethod
+    def _cast(values: Tensor, dtype: torch.dtype | None) -> Tensor:
+        return values.to(torch.get_default_dtype() if dtype is None else dtype)
 
-    def sigma(self, t: Tensor) -> Tensor:
-        return (1 - self._lookup(t)).sqrt()
+    def alpha(self, t: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+        r""":math:`\alpha_t`, in ``dtype`` (default ``torch.get_default_dtype()``)."""
+        return self._cast(self._lookup(t).sqrt(), dtype)
 
-    def snr(self, t: Tensor) -> Tensor:
+    def sigma(self, t: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+        r""":math:`\sigma_t = \sqrt{1 - \alpha_t^2}`, in ``dtype`` (default ``torch.get_default_dtype()``)."""
+        return self._cast((1 - self._lookup(t)).sqrt(), dtype)
+
+    def snr(self, t: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+        r""":math:`\alpha_t^2 / \sigma_t^2`, in ``dtype`` (default ``torch.get_default_dtype()``)."""
         a2 = self._lookup(t)
-        return a2 / (1 - a2)
+        return self._cast(a2 / (1 - a2), dtype)
 
 
-def _expand(v: Tensor | float, like: Tensor) -> Tensor:
-    """Broadcast a per-structure ``(B,)`` tensor (or scalar) against ``like`` of shape ``(B, ...)``."""
+def _expand(v: Tensor | float, like: Tensor, batch: Tensor | None = None, *, name: str = "t") -> Tensor:
+    """A per-structure ``(B,)`` tensor (or scalar) shaped to broadcast against ``like``, in ``like``'s dtype.
+
+    ``like`` is dense ``(B, ...)``, or ragged ``(M, D)`` rows with ``batch: (M,)`` (``v`` is then gathered per
+    row). A ``(B,)`` tensor that fits neither raises ``ValueError`` naming ``name``.
+    """
     v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
+    if v.dim() == 1 and v.numel() > 1:
+        if batch is not None:
+            v = v[batch]
+        elif like.dim() == 0 or v.shape[0] != like.shape[0]:
+            raise ValueError(
+                f"{name} has shape {tuple(v.shape)} (one value per structure) but the samples have shape "
+                f"{tuple(like.shape)}: a dense batch (B, ...) needs {name} of shape (B,); for ragged (M, D) rows "
+                "pass batch="
+            )
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
 
-def x0_from_eps(zt: Tensor, eps: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+def x0_from_eps(
+    zt: Tensor, eps: Tensor, alpha: Tensor | float, sigma: Tensor | float, *, batch: Tensor | None = None
+) -> Tensor:
     r"""Clean-sample prediction :math:`\hat x = (z_t - \sigma_t \hat\epsilon) / \alpha_t`.
 
-    ``alpha``/``sigma`` are scalars or per-structure ``(B,)`` tensors; ``zt``/``eps`` are ``(B, ...)``.
+    ``alpha``/``sigma`` are scalars or per-structure ``(B,)`` tensors (cast to ``zt``'s dtype); ``zt``/``eps``
+    are ``(B, ...)``, or ragged ``(M, D)`` rows with ``batch: (M,)``, the structure of each row (``alpha`` /
+    ``sigma`` are then gathered per row).
 
     Example:
         >>> x0_from_eps(torch.tensor([1.0]), torch.tensor([1.0]), 0.6, 0.8)
         tensor([0.3333])
     """
-    return (zt - _expand(sigma, zt) * eps) / _expand(alpha, zt)
+    return (zt - _expand(sigma, zt, batch, name="sigma") * eps) / _expand(alpha, zt, batch, name="alpha")
 
 
-def eps_from_x0(zt: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | float) -> Tensor:
+def eps_from_x0(
+    zt: Tensor, x0: Tensor, alpha: Tensor | float, sigma: Tensor | float, *, batch: Tensor | None = None
+) -> Tensor:
     r"""Noise implied by a clean-sample prediction: :math:`\epsilon = (z_t - \alpha_t x) / \sigma_t`.
 
     Example:
         >>> eps_from_x0(torch.tensor([1.0]), torch.tensor([1.0]), 0.6, 0.8)
         tensor([0.5000])
     """
-    return (zt - _expand(alpha, zt) * x0) / _expand(sigma, zt)
+    return (zt - _expand(alpha, zt, batch, name="alpha") * x0) / _expand(sigma, zt, batch, name="sigma")
 
 
 def _reduce(values: Tensor, reduction: str) -> Tensor:
@@ -172,15 +202,20 @@ def diffusion_sample_loss(
     .. math:: \ell_t = w_t\, L\big((z_t - \sigma_t \hat\epsilon)/\alpha_t,\; x\big), \qquad
        w_t = \alpha_t^2 / \sigma_t^2 \ (\text{``snr''}) \text{ or } 1 \ (\text{``none''})
 
-    With ``loss_fn = energyloss.mse_loss`` (summed, not averaged) and ``weighting="snr"`` this is the usual
-    :math:`\epsilon`-MSE (Eq. 3); with :func:`energyloss.pair_energy_loss` it is the paper's energy objective.
+    The identity :math:`\|\epsilon - \hat\epsilon\|^2 = \mathrm{SNR}_t \|x - \hat x\|^2` holds element by
+    element, so with ``weighting="snr"`` a squared error gives the :math:`\epsilon`-MSE reduced the same way:
+    ``loss_fn = energyloss.mse_loss`` (a mean over atoms and coordinates) gives exactly
+    ``mse_loss(eps_pred, eps)``, the usual :math:`\epsilon`-MSE of Eq. 3, and a summed squared error the summed
+    one. With :func:`energyloss.pair_energy_loss` it is the paper's energy objective.
 
     Args:
         loss_fn: a library loss ``loss_fn(pred, target, *, reduction="none", **loss_kwargs) -> (B,)``.
         eps_pred: ``(B, N, D)`` predicted noise (or ragged ``(M, D)`` with ``batch=`` in ``loss_kwargs``).
-        zt: noisy sample, same shape. x0: clean sample, same shape.
-        alpha, sigma: ``(B,)`` per-structure :math:`\alpha_t`, :math:`\sigma_t` (also for ragged input, where
-            they are gathered per row with ``batch``).
+        zt: noisy sample, same shape.
+        x0: clean sample, same shape.
+        alpha: ``(B,)`` per-structure :math:`\alpha_t` (also for ragged input, where it is gathered per row with
+            ``batch``).
+        sigma: ``(B,)`` per-structure :math:`\sigma_t`, likewise.
         weighting: ``"snr"`` or ``"none"``.
         reduction: over structures, ``"none"`` | ``"mean"`` | ``"sum"``.
         **loss_kwargs: forwarded to ``loss_fn`` (``mask``, ``batch``, ``coefficients``, ``normalize``, ...).
@@ -200,35 +235,38 @@ def diffusion_sample_loss(
     if weighting not in ("snr", "none"):
         raise ValueError(f"weighting must be 'snr' or 'none', got {weighting!r}")
     alpha, sigma = torch.as_tensor(alpha), torch.as_tensor(sigma)
-    batch = loss_kwargs.get("batch")
     # ragged input: per-structure alpha/sigma are gathered per row for the conversion
-    a_rows, s_rows = (alpha[batch], sigma[batch]) if batch is not None and alpha.dim() == 1 else (alpha, sigma)
-    x0_hat = x0_from_eps(zt, eps_pred, a_rows, s_rows)
+    x0_hat = x0_from_eps(zt, eps_pred, alpha, sigma, batch=loss_kwargs.get("batch"))
     per = loss_fn(x0_hat, x0, reduction="none", **loss_kwargs)
     if weighting == "snr":
         per = per * (alpha / sigma).square().to(per)
     return _reduce(per, reduction)
 
 
-def flow_matching_interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+def flow_matching_interpolate(x0: Tensor, noise: Tensor, t: Tensor, *, batch: Tensor | None = None) -> Tensor:
     r""":math:`x_t = (1 - t)\,x + t\,\epsilon` with per-structure ``t`` ``(B,)`` in ``[0, 1]`` (App. A.7).
+
+    ``x0``/``noise`` are ``(B, ...)``, or ragged ``(M, D)`` rows with ``batch: (M,)`` (``t`` is then gathered
+    per row); the result has ``x0``'s dtype.
 
     Example:
         >>> flow_matching_interpolate(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([0.25]))
         tensor([[0.2500, 0.2500]])
     """
-    t = _expand(t, x0)
+    t = _expand(t, x0, batch)
     return (1 - t) * x0 + t * noise
 
 
-def flow_matching_x0_from_velocity(xt: Tensor, velocity: Tensor, t: Tensor) -> Tensor:
+def flow_matching_x0_from_velocity(xt: Tensor, velocity: Tensor, t: Tensor, *, batch: Tensor | None = None) -> Tensor:
     r"""Clean-sample prediction :math:`\hat x = x_t - t\,\hat u` implied by a velocity prediction (App. A.7).
+
+    Shapes as in :func:`flow_matching_interpolate` (ragged rows with ``batch``).
 
     Example:
         >>> flow_matching_x0_from_velocity(torch.ones(1, 2), torch.ones(1, 2), torch.tensor([0.5]))
         tensor([[0.5000, 0.5000]])
     """
-    return xt - _expand(t, xt) * velocity
+    return xt - _expand(t, xt, batch) * velocity
 
 
 def flow_matching_loss(
@@ -243,15 +281,24 @@ def flow_matching_loss(
 ) -> Tensor:
     r"""App. A.7: :math:`\frac{1}{t^2} L(x_t - t\,\hat u,\; x)`, a sample-space loss inside flow matching.
 
-    With ``loss_fn`` the sum of squares this equals :math:`\|u - \hat u\|^2` for :math:`u = (x_t - x)/t`; with
-    :func:`energyloss.pair_energy_loss` it is the paper's energy objective for flow matching.
+    With ``loss_fn`` a squared error this equals the same squared error of the velocities,
+    :math:`\|u - \hat u\|^2` for :math:`u = (x_t - x)/t` (``energyloss.mse_loss`` gives
+    ``mse_loss(velocity_pred, u)``); with :func:`energyloss.pair_energy_loss` it is the paper's energy objective
+    for flow matching.
 
     Args:
         loss_fn: ``loss_fn(pred, target, *, reduction="none", **loss_kwargs) -> (B,)``.
-        velocity_pred: ``(B, N, D)`` predicted velocity; xt: ``(B, N, D)`` interpolant; x0: ``(B, N, D)`` data.
-        t: ``(B,)`` times in ``(0, 1]``; ``t = 0`` is rejected for CPU tensors (the weight is infinite there;
-            accelerator tensors are not checked, to avoid a device synchronisation per call).
-        reduction: over structures.
+        velocity_pred: ``(B, N, D)`` predicted velocity (or ragged ``(M, D)`` with ``batch=`` in ``loss_kwargs``).
+        xt: interpolant, same shape.
+        x0: data, same shape.
+        t: ``(B,)`` per-structure times in ``(0, 1]`` (also for ragged input, where they are gathered per row
+            with ``batch``); ``t = 0`` is rejected for CPU tensors (the weight is infinite there; accelerator
+            tensors are not checked, to avoid a device synchronisation per call).
+        reduction: over structures, ``"none"`` | ``"mean"`` | ``"sum"``.
+        **loss_kwargs: forwarded to ``loss_fn`` (``mask``, ``batch``, ``coefficients``, ``normalize``, ...).
+
+    Returns:
+        The weighted loss; ``(B,)`` with ``reduction="none"``.
 
     Example:
         >>> from energyloss import pair_energy_loss
@@ -264,6 +311,6 @@ def flow_matching_loss(
     # Checked for CPU tensors only: on an accelerator the check would synchronise the device at every call.
     if t.device.type == "cpu" and t.numel() and float(t.min()) <= 0:
         raise ValueError("t must be > 0 in flow_matching_loss: the 1/t^2 weight is infinite at t = 0")
-    x0_hat = flow_matching_x0_from_velocity(xt, velocity_pred, t)
+    x0_hat = flow_matching_x0_from_velocity(xt, velocity_pred, t, batch=loss_kwargs.get("batch"))
     per = loss_fn(x0_hat, x0, reduction="none", **loss_kwargs)
     return _reduce(per / t.to(per).square(), reduction)

@@ -22,7 +22,10 @@ The project's sample format (what the diffusion trainer writes and ``energyloss 
   present).
 
 Multi-molecule XYZ files (concatenated XYZ blocks) and SDF files (via RDKit) are read too: see
-:func:`load_molecules`.
+:func:`load_molecules`. Every error of a reader is one line naming the file and the record (or line).
+:func:`load_screened` (what ``energyloss eval-molecules`` uses) also leaves out, with their record numbers, the
+molecules that cannot be scored: empty ones, ones with NaN / inf coordinates and SDF records without 3-D
+coordinates (:data:`EXCLUSION_REASONS`).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ import torch
 
 __all__ = [
     "ELEMENT_SYMBOLS",
+    "EXCLUSION_REASONS",
     "SAMPLE_FORMAT",
     "SAMPLE_FORMAT_VERSION",
     "MoleculeDataset",
     "Molecules",
+    "ScreenedMolecules",
     "atomic_number",
     "batch_padded",
     "batch_ragged",
@@ -48,11 +53,13 @@ __all__ = [
     "collate_ragged",
     "element_counts",
     "load_molecules",
+    "load_screened",
     "node_count_histogram",
     "read_sdf",
     "read_xyz",
     "sample_node_counts",
     "save_molecules",
+    "screen_molecules",
 ]
 
 #: Element symbols indexed by atomic number (index 0 is the padding "atom").
@@ -67,6 +74,10 @@ _SYMBOL_TO_Z = {s.lower(): z for z, s in enumerate(ELEMENT_SYMBOLS) if z > 0}
 
 SAMPLE_FORMAT = "energyloss-molecules"
 SAMPLE_FORMAT_VERSION = 1
+#: Largest atomic number the metrics know (their tables are indexed by Z = 0 .. MAX_ATOMIC_NUMBER).
+MAX_ATOMIC_NUMBER = len(ELEMENT_SYMBOLS) - 1
+#: Why :func:`load_screened` / :func:`screen_molecules` leave a molecule out (never scored).
+EXCLUSION_REASONS: tuple[str, ...] = ("empty", "non_finite_positions", "no_3d_coordinates")
 
 
 def atomic_number(symbol: str | int) -> int:
@@ -553,99 +564,280 @@ def _from_sample_dict(data: Mapping[str, object], source: str) -> Molecules:
         raise ValueError(f"{source}: format version {int(np.asarray(version))} is newer than this reader")
     if "positions" not in data:
         raise ValueError(f"{source}: no 'positions' array; keys are {sorted(data)}")
-    pos = torch.as_tensor(np.asarray(data["positions"]), dtype=torch.float32)
+    try:
+        pos = torch.as_tensor(np.asarray(data["positions"]), dtype=torch.float32)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: 'positions' is not a float array ({err})") from None
     if pos.ndim == 2:  # a single molecule
         pos = pos[None]
+    if pos.ndim != 3 or pos.shape[-1] != 3:
+        raise ValueError(f"{source}: positions must have shape (B, N, 3) or (N, 3); got {tuple(pos.shape)}")
+
+    def per_atom(key: str, *extra: int) -> torch.Tensor:
+        value = torch.as_tensor(np.asarray(data[key]))
+        if value.numel() != pos.shape[0] * pos.shape[1] * int(np.prod(extra or (1,))):
+            raise ValueError(
+                f"{source}: {key} must have shape {(*pos.shape[:2], *extra)} to match positions "
+                f"{tuple(pos.shape)}; got {tuple(value.shape)}"
+            )
+        return value.reshape(*pos.shape[:2], *extra)
+
     if "atomic_numbers" in data:
-        z = torch.as_tensor(np.asarray(data["atomic_numbers"])).long().reshape(pos.shape[:2])
+        z = per_atom("atomic_numbers")
+        if z.is_floating_point() or z.dtype == torch.bool:
+            raise ValueError(f"{source}: atomic_numbers must be integers; got dtype {z.dtype}")
+        z = z.long()
     elif "one_hot" in data and "elements" in data:
-        one_hot = torch.as_tensor(np.asarray(data["one_hot"]), dtype=torch.float32).reshape(*pos.shape[:2], -1)
         elements = torch.as_tensor(np.asarray(data["elements"])).long().reshape(-1)
-        if one_hot.shape[-1] != elements.shape[0]:
-            raise ValueError(f"{source}: one_hot has {one_hot.shape[-1]} columns but elements has {len(elements)}")
-        z = elements[one_hot.argmax(-1)]
+        one_hot = per_atom("one_hot", len(elements)).float()
+        # an all-zero row is padding, not the first element
+        z = torch.where(one_hot.sum(-1) > 0, elements[one_hot.argmax(-1)], torch.zeros((), dtype=torch.long))
     else:
         raise ValueError(f"{source}: needs 'atomic_numbers', or 'one_hot' with 'elements'; keys are {sorted(data)}")
     mask = data.get("mask")
-    mask_t = (z > 0) if mask is None else torch.as_tensor(np.asarray(mask)).bool().reshape(pos.shape[:2])
+    if mask is None:
+        _check_atomic_numbers(z, z != 0, source)  # negative values are errors, not padding
+        mask_t = z > 0
+    else:
+        mask_t = per_atom("mask").bool()
+        _check_atomic_numbers(z, mask_t, source)
+    num = mask_t.sum(-1)
+    holes = (mask_t != (torch.arange(mask_t.shape[1]) < num[:, None])).any(-1)
+    if bool(holes.any()):
+        b = int(holes.nonzero()[0])
+        raise ValueError(
+            f"{source}: molecule {b}: mask must mark a prefix of the row (real atoms first, then padding); "
+            f"{int(holes.sum())} molecules have holes"
+        )
     z = torch.where(mask_t, z, torch.zeros_like(z))
     return Molecules.from_padded(pos, z, mask_t)
+
+
+def _check_atomic_numbers(z: torch.Tensor, real: torch.Tensor, source: str) -> None:
+    """Every real atom's atomic number is in 1..MAX_ATOMIC_NUMBER; else one line naming molecule and atom."""
+    bad = real & ((z < 1) | (z > MAX_ATOMIC_NUMBER))
+    if bool(bad.any()):
+        b, i = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"{source}: molecule {b}, atom {i}: atomic number {int(z[b, i])} is outside 1..{MAX_ATOMIC_NUMBER} "
+            f"({int(bad.sum())} such atoms)"
+        )
 
 
 def read_xyz(path: str | os.PathLike) -> Molecules:
     """Read a file of concatenated XYZ blocks (count line, comment line, ``symbol x y z`` lines).
 
     Element fields may be symbols or atomic numbers; extra columns are ignored; ``*^`` exponents (as in the
-    raw QM9 files) are accepted.
+    raw QM9 files) are accepted. A block announcing 0 atoms is an empty molecule (kept; :func:`screen_molecules`
+    leaves it out of any score). Errors are one line, ``path:line: ...``, naming the record (0-based block).
     """
-    lines = Path(path).read_text().splitlines()
+    try:
+        lines = Path(path).read_text().splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file ({err})") from None
     molecules = []
     i = 0
     while i < len(lines):
         if not lines[i].strip():
             i += 1
             continue
+        record = len(molecules)
         try:
             n = int(lines[i].split()[0])
         except ValueError:
-            raise ValueError(f"{path}:{i + 1}: expected an atom count, got {lines[i]!r}") from None
+            raise ValueError(f"{path}:{i + 1}: record {record}: expected an atom count, got {lines[i]!r}") from None
+        if n < 0:
+            raise ValueError(f"{path}:{i + 1}: record {record}: negative atom count {n}")
         block = lines[i + 2 : i + 2 + n]
         if len(block) != n:
-            raise ValueError(f"{path}:{i + 1}: block announces {n} atoms but the file ends after {len(block)}")
+            raise ValueError(
+                f"{path}:{i + 1}: record {record}: block announces {n} atoms but the file ends after {len(block)}"
+            )
         zs, pos = [], []
         for k, line in enumerate(block):
+            where = f"{path}:{i + 3 + k}: record {record}"
             fields = line.replace("*^", "e").split()
             if len(fields) < 4:
-                raise ValueError(f"{path}:{i + 3 + k}: expected 'element x y z', got {line!r}")
-            zs.append(atomic_number(fields[0]))
-            pos.append([float(v) for v in fields[1:4]])
-        molecules.append((torch.tensor(pos, dtype=torch.float32).reshape(-1, 3), torch.tensor(zs)))
+                raise ValueError(f"{where}: expected 'element x y z', got {line!r}")
+            try:
+                zs.append(atomic_number(fields[0]))
+                pos.append([float(v) for v in fields[1:4]])
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+        molecules.append((torch.tensor(pos, dtype=torch.float32).reshape(-1, 3), torch.tensor(zs, dtype=torch.int64)))
         i += 2 + n
     return Molecules.from_list(molecules)
+
+
+def _read_sdf(path: str | os.PathLike) -> tuple[Molecules, list[int]]:
+    """Every record of an SDF file, and the records without 3-D coordinates (stored as empty molecules)."""
+    try:
+        from rdkit import Chem, rdBase
+    except ImportError as err:  # pragma: no cover - rdkit is in the molecules extra
+        raise ImportError("reading SDF needs RDKit: pip install 'energyloss[molecules]'") from err
+    molecules, flat = [], []
+    with rdBase.BlockLogs():
+        supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
+        for k, mol in enumerate(supplier):
+            if mol is None:
+                raise ValueError(f"{path}: record {k} could not be parsed by RDKit")
+            z = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=torch.int64)
+            if mol.GetNumConformers() == 0 or (z.numel() and not mol.GetConformer().Is3D()):
+                flat.append(k)
+                molecules.append((torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)))
+                continue
+            dummy = (z < 1).nonzero()
+            if dummy.numel():
+                i = int(dummy[0])
+                raise ValueError(
+                    f"{path}: record {k}, atom {i}: atomic number {int(z[i])} (a dummy or query atom) is outside "
+                    f"1..{MAX_ATOMIC_NUMBER}"
+                )
+            pos = torch.as_tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
+            molecules.append((pos, z))
+    return Molecules.from_list(molecules), flat
 
 
 def read_sdf(path: str | os.PathLike) -> Molecules:
     """Read the 3D coordinates and elements of every record of an SDF file (needs RDKit).
 
     Hydrogens are kept; bonds and charges in the file are ignored (metrics infer bonds from distances).
-    Records RDKit cannot parse raise ``ValueError`` naming the record.
+    Records RDKit cannot parse, records without 3-D coordinates (no conformer, or a 2-D one: the ``2D`` flag of
+    the header) and dummy atoms raise ``ValueError`` naming the record (0-based). :func:`load_screened` leaves the
+    records without 3-D coordinates out instead, with their numbers.
     """
-    try:
-        from rdkit import Chem
-    except ImportError as err:  # pragma: no cover - rdkit is in the molecules extra
-        raise ImportError("reading SDF needs RDKit: pip install 'energyloss[molecules]'") from err
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
-    molecules = []
-    for k, mol in enumerate(supplier):
-        if mol is None:
-            raise ValueError(f"{path}: record {k} could not be parsed by RDKit")
-        if mol.GetNumConformers() == 0:
-            raise ValueError(f"{path}: record {k} has no coordinates")
-        pos = torch.as_tensor(mol.GetConformer().GetPositions(), dtype=torch.float32)
-        z = torch.tensor([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=torch.int64)
-        molecules.append((pos, z))
-    return Molecules.from_list(molecules)
+    molecules, flat = _read_sdf(path)
+    if flat:
+        raise ValueError(
+            f"{path}: record {flat[0]} has no 3-D coordinates (no conformer, or a 2-D one); "
+            f"{len(flat)} of {len(molecules)} records are like this"
+        )
+    return molecules
+
+
+def _load(path: str | os.PathLike) -> tuple[Molecules, list[int]]:
+    """The molecules of a file, and (SDF only) the records without 3-D coordinates, stored empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".pt"):
+        try:
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as npz:
+                    data: object = {k: npz[k] for k in npz.files}
+            else:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated / garbage files fail in many ways (BadZipFile, EOFError, pickle, ...)
+            kind = type(err).__qualname__
+            if type(err).__module__ != "builtins":
+                kind = f"{type(err).__module__}.{kind}"
+            raise ValueError(f"{path}: cannot be read as a {suffix} file ({kind}: {err})") from None
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a dict of arrays, got {type(data).__name__}")
+        return _from_sample_dict(data, str(path)), []
+    if suffix == ".xyz":
+        return read_xyz(path), []
+    if suffix in (".sdf", ".mol"):
+        return _read_sdf(path)
+    raise ValueError(f"{path}: unknown format {suffix!r}; expected .npz, .pt, .xyz or .sdf")
 
 
 def load_molecules(path: str | os.PathLike) -> Molecules:
     """Read molecules from ``.npz`` / ``.pt`` (the project's sample format), ``.xyz`` or ``.sdf``.
 
-    The format is chosen by the file suffix; see the module docstring for the sample format.
+    The format is chosen by the file suffix; see the module docstring for the sample format. Every error is a
+    one-line ``ValueError`` (``FileNotFoundError`` for a missing file) naming the file and, where there is one,
+    the record; a truncated or garbage ``.npz`` / ``.pt`` is reported as such.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            return _from_sample_dict(dict(data), str(path))
-    if suffix == ".pt":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
-        return _from_sample_dict(data, str(path))
-    if suffix == ".xyz":
-        return read_xyz(path)
-    if suffix in (".sdf", ".mol"):
-        return read_sdf(path)
-    raise ValueError(f"{path}: unknown format {suffix!r}; expected .npz, .pt, .xyz or .sdf")
+    molecules, flat = _load(path)
+    if flat:
+        raise ValueError(f"{path}: record {flat[0]} has no 3-D coordinates (no conformer, or a 2-D one)")
+    return molecules
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenedMolecules:
+    """The molecules of a file that can be scored, and the records left out.
+
+    Attributes:
+        molecules: the kept molecules (``ids`` are their record numbers in the file, 0-based).
+        excluded: reason (one of :data:`EXCLUSION_REASONS`) -> record numbers left out for it.
+        n_records: records read.
+    """
+
+    molecules: Molecules
+    excluded: dict[str, list[int]]
+    n_records: int
+
+    @property
+    def n_excluded(self) -> int:
+        return sum(len(v) for v in self.excluded.values())
+
+    def summary(self) -> str:
+        """One line: how many records were left out and why (with the first record numbers); ``""`` if none."""
+        if not self.n_excluded:
+            return ""
+        parts = []
+        for reason in EXCLUSION_REASONS:
+            records = self.excluded.get(reason, [])
+            if records:
+                shown = ", ".join(str(r) for r in records[:5]) + (", ..." if len(records) > 5 else "")
+                parts.append(f"{len(records)} {reason.replace('_', ' ')} (records {shown})")
+        return f"{self.n_excluded} of {self.n_records} records excluded, not scored: " + "; ".join(parts)
+
+
+def screen_molecules(molecules: Molecules, *, no_3d: Sequence[int] = ()) -> ScreenedMolecules:
+    """Leave out the molecules that cannot be scored: empty ones and ones with NaN / inf coordinates.
+
+    Args:
+        molecules: the store; its ``ids`` are reported as record numbers.
+        no_3d: positions (in ``molecules``) of records without 3-D coordinates, also left out.
+
+    Returns:
+        The kept molecules and the record numbers left out per reason.
+
+    Example:
+        >>> mols = Molecules.from_list([(torch.zeros(1, 3), torch.tensor([1])), (torch.zeros(0, 3), torch.zeros(0))])
+        >>> screen_molecules(mols).excluded
+        {'empty': [1], 'non_finite_positions': [], 'no_3d_coordinates': []}
+    """
+    n = len(molecules)
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[torch.as_tensor(list(no_3d), dtype=torch.int64)] = True
+    finite_atom = torch.isfinite(molecules.positions).all(-1)
+    finite = torch.ones(n, dtype=torch.bool)
+    if finite_atom.numel():
+        bad_atoms = torch.zeros(n, dtype=torch.int64).index_add_(0, molecules.batch, (~finite_atom).long())
+        finite = bad_atoms == 0
+    empty = (molecules.num_atoms == 0) & ~flat
+    non_finite = ~finite & ~flat
+    keep = ~(flat | empty | non_finite)
+    ids = molecules.ids
+    excluded = {
+        "empty": ids[empty].tolist(),
+        "non_finite_positions": ids[non_finite].tolist(),
+        "no_3d_coordinates": ids[flat].tolist(),
+    }
+    kept = molecules if bool(keep.all()) else molecules.select(keep.nonzero().flatten())
+    return ScreenedMolecules(kept, excluded, n)
+
+
+def load_screened(path: str | os.PathLike, *, limit: int | None = None) -> ScreenedMolecules:
+    """Read a file like :func:`load_molecules` and leave out (with their record numbers) what cannot be scored.
+
+    Records without 3-D coordinates (SDF), empty molecules and molecules with NaN / inf coordinates are excluded;
+    everything else that is wrong with the file raises a one-line ``ValueError`` naming it and the record.
+
+    Args:
+        path: a ``.npz`` / ``.pt`` / ``.xyz`` / ``.sdf`` file.
+        limit: keep only the first ``limit`` records (before screening).
+
+    Returns:
+        A :class:`ScreenedMolecules`.
+    """
+    molecules, flat = _load(path)
+    if limit is not None and limit < len(molecules):
+        molecules = molecules.select(torch.arange(limit))
+        flat = [k for k in flat if k < limit]
+    return screen_molecules(molecules, no_3d=flat)

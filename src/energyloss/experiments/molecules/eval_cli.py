@@ -11,12 +11,18 @@ File formats: the project's sample format (``.npz`` / ``.pt`` with ``positions (
 ``--limit N`` keeps the first N molecules. ``--json`` prints one JSON object with ``atom_stability``,
 ``molecule_stability``, ``validity``, ``uniqueness``, ``novelty`` (fractions in [0, 1]; ``null`` when not
 computed), counts, the bond / valence tables and the RDKit version; otherwise a Markdown table is printed.
+
+Molecules that cannot be scored (empty ones, NaN / inf coordinates, SDF records without 3-D coordinates) are
+left out with their record numbers (``n_records``, ``n_excluded_*``, ``excluded_records``; a note on stderr).
+A file that cannot be read (missing, truncated, an unknown element or an atomic number outside 1..86, ...) is
+reported as one line on stderr naming the file and the record, with exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -66,11 +72,21 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     rows = [{"metric": label, "value": _percent(result.get(key))} for key, label in names]
     table = markdown_table(rows, ["metric", "value"])
+    excluded = f"; {result['excluded_summary']}" if result.get("excluded_summary") else ""
     return (
         f"{table}\n\n{result['n_molecules']} molecules, {result['n_atoms']} atoms from {result.get('input')}; "
         f"bond table {result['bond_table']}, valence table {result['valence_table']}, "
-        f"RDKit {result['rdkit_version']}"
+        f"RDKit {result['rdkit_version']}{excluded}"
     )
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _usage_error(message: str) -> None:
+    print(f"energyloss eval-molecules: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,33 +95,50 @@ def run(args: argparse.Namespace) -> int:
     from . import data, metrics, qm9
 
     if (args.path is None) == (args.reference is None):
-        raise SystemExit("energyloss eval-molecules: give either a file PATH or --reference, not both / neither")
+        _usage_error("give either a file PATH or --reference, not both / neither")
     if args.limit is not None and args.limit < 1:
-        raise SystemExit(f"energyloss eval-molecules: --limit must be >= 1; got {args.limit}")
+        _usage_error(f"--limit must be >= 1; got {args.limit}")
     torch.set_num_threads(1)
     n_jobs = args.jobs if args.jobs is not None else metrics.default_n_jobs()
     splits = None
-    if args.reference is not None:
-        splits = qm9.load_qm9(cache_dir=args.cache_dir, progress=not args.json)
-        molecules = splits[args.reference.split("-", 1)[1]]
-        source = args.reference
-    else:
-        molecules = data.load_molecules(args.path)
-        source = str(args.path)
-    if args.limit is not None:
-        molecules = molecules.select(torch.arange(min(args.limit, len(molecules))))
-    reference = None
-    if args.novelty_against == "qm9-train" and not args.no_rdkit:
-        reference = qm9.qm9_reference_smiles(cache_dir=args.cache_dir, n_jobs=n_jobs, splits=splits)
-    start = time.perf_counter()
-    result = metrics.evaluate_molecules(
-        molecules, reference_smiles=reference, use_rdkit=not args.no_rdkit, n_jobs=n_jobs
-    )
+    source = args.reference if args.reference is not None else str(args.path)
+    try:
+        if args.reference is not None:
+            splits = qm9.load_qm9(cache_dir=args.cache_dir, progress=not args.json)
+            molecules = splits[args.reference.split("-", 1)[1]]
+            if args.limit is not None:
+                molecules = molecules.select(torch.arange(min(args.limit, len(molecules))))
+            screened = data.screen_molecules(molecules)
+        else:
+            screened = data.load_screened(args.path, limit=args.limit)
+        summary = screened.summary()
+        if not len(screened.molecules):
+            raise ValueError(f"{source}: no molecule to evaluate" + (f" ({summary})" if summary else ""))
+        if summary:
+            print(f"energyloss eval-molecules: note: {source}: {summary}", file=sys.stderr)
+        reference = None
+        if args.novelty_against == "qm9-train" and not args.no_rdkit:
+            reference = qm9.qm9_reference_smiles(cache_dir=args.cache_dir, n_jobs=n_jobs, splits=splits)
+        start = time.perf_counter()
+        result = metrics.evaluate_molecules(
+            screened.molecules, reference_smiles=reference, use_rdkit=not args.no_rdkit, n_jobs=n_jobs
+        )
+    except (ValueError, OSError, ImportError, qm9.CacheError, qm9.DownloadError) as err:
+        print(f"energyloss eval-molecules: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    excluded = screened.excluded
     result = {
         "input": source,
         "limit": args.limit,
         "novelty_against": None if reference is None else args.novelty_against,
+        "n_records": screened.n_records,
         **result,
+        # the file was screened before scoring: these are the molecules the metric never saw
+        "n_excluded_empty": len(excluded["empty"]),
+        "n_excluded_non_finite": len(excluded["non_finite_positions"]),
+        "n_excluded_no_3d": len(excluded["no_3d_coordinates"]),
+        "excluded_records": excluded,
+        "excluded_summary": summary or None,
         "seconds": round(time.perf_counter() - start, 2),
         "n_jobs": n_jobs,
     }

@@ -25,6 +25,10 @@ made explicit:
    novelty = distinct valid SMILES absent from a reference set (the training set's SMILES, computed the same
    way) / distinct valid SMILES.
 
+A molecule without atoms, or with a NaN / inf coordinate on a real atom, is not scored: it is left out of every
+count and ratio above and counted in ``n_excluded_empty`` / ``n_excluded_non_finite`` instead (otherwise an empty
+molecule would count as stable and valid, and NaN coordinates would give unbonded, "valid" atoms).
+
 Every result records the bond table, the valence table and the RDKit version, because all three change the
 numbers (see peers' issues: MiDi #12, FlowMol #12, symphony #118).
 
@@ -481,7 +485,15 @@ def novelty(smiles: Sequence[str | None], reference: Iterable[str]) -> float | N
 #: Atom pairs per bond-inference chunk (roughly 100 MB of temporaries).
 PAIR_BUDGET = 2**21
 
-_SUM_KEYS = ("n_molecules", "n_atoms", "n_stable_atoms", "n_stable_molecules", "n_valid")
+_SUM_KEYS = (
+    "n_molecules",
+    "n_atoms",
+    "n_stable_atoms",
+    "n_stable_molecules",
+    "n_valid",
+    "n_excluded_empty",
+    "n_excluded_non_finite",
+)
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -531,6 +543,7 @@ class MoleculeMetrics:
         use_rdkit: bool = True,
         n_jobs: int = 1,
         chunk_size: int = 1024,
+        non_finite: str = "exclude",
     ) -> None:
         self.reference_smiles = None if reference_smiles is None else frozenset(reference_smiles)
         self.bond_table = bond_table
@@ -538,6 +551,11 @@ class MoleculeMetrics:
         self.use_rdkit = use_rdkit
         self.n_jobs = int(n_jobs)
         self.chunk_size = int(chunk_size)
+        if non_finite not in ("exclude", "fail"):
+            raise ValueError(f"non_finite must be 'exclude' or 'fail', got {non_finite!r}")
+        #: "exclude": molecules with NaN / inf coordinates are left out (a file to evaluate); "fail": they count as
+        #: unstable and invalid molecules (samples of a model, where a diverged sample is a failed one).
+        self.non_finite = non_finite
         if use_rdkit:
             _rdkit()  # fail early with the install hint
         self.reset()
@@ -552,11 +570,25 @@ class MoleculeMetrics:
     ) -> None:
         """Add a padded batch: ``positions: (B, N, 3)``, ``atomic_numbers: (B, N)``, ``mask: (B, N)``.
 
-        Real atoms must come first in each row (padding last), as in every padded layout of this package.
+        Real atoms must come first in each row (padding last), as in every padded layout of this package. Rows
+        without real atoms, or with a NaN / inf coordinate on a real atom, are not scored: they are counted in
+        ``n_excluded_empty`` / ``n_excluded_non_finite`` (with ``non_finite="fail"`` the latter count as
+        unstable, invalid molecules instead).
         """
         if positions.ndim != 3:
             raise ValueError(f"positions must have shape (B, N, 3); got {tuple(positions.shape)}")
         z, mask = _check_inputs(positions, atomic_numbers, mask)
+        empty = ~mask.any(-1)
+        non_finite = ~empty & (~torch.isfinite(positions).all(-1) & mask).any(-1)
+        self.sums["n_excluded_empty"] += int(empty.sum())
+        if self.non_finite == "fail":  # scored as failures: in the denominators, never stable or valid
+            self.sums["n_molecules"] += int(non_finite.sum())
+            self.sums["n_atoms"] += int(mask[non_finite].sum())
+        else:
+            self.sums["n_excluded_non_finite"] += int(non_finite.sum())
+        keep = ~(empty | non_finite)
+        if not bool(keep.all()):
+            positions, z, mask = positions[keep], z[keep], mask[keep]
         graphs = []
         step = max(1, min(self.chunk_size, PAIR_BUDGET // max(1, positions.shape[1] ** 2)))
         for start in range(0, positions.shape[0], step):
@@ -617,9 +649,10 @@ class MoleculeMetrics:
     def compute(self) -> dict[str, Any]:
         """The metrics (fractions in [0, 1]; ``None`` where a denominator is 0) and what produced them.
 
-        Keys: ``n_molecules``, ``n_atoms``, ``atom_stability``, ``molecule_stability``, ``n_valid``,
-        ``validity``, ``n_unique``, ``uniqueness`` (unique / valid), ``valid_and_unique`` (unique / molecules),
-        ``n_novel``, ``novelty`` (novel / unique), ``bond_table``, ``valence_table``, ``rdkit_version``.
+        Keys: ``n_molecules`` (molecules scored), ``n_atoms``, ``atom_stability``, ``molecule_stability``,
+        ``n_valid``, ``validity``, ``n_unique``, ``uniqueness`` (unique / valid), ``valid_and_unique`` (unique /
+        molecules), ``n_novel``, ``novelty`` (novel / unique), ``n_excluded_empty`` and ``n_excluded_non_finite``
+        (molecules left out, not scored), ``bond_table``, ``valence_table``, ``rdkit_version``.
         """
         sums, counts = self._synced_state()
         n_unique = len(counts) if self.use_rdkit else None
@@ -638,6 +671,8 @@ class MoleculeMetrics:
             "valid_and_unique": _ratio(n_unique, sums["n_molecules"]) if n_unique is not None else None,
             "n_novel": n_novel,
             "novelty": _ratio(n_novel, n_unique) if n_novel is not None and n_unique else None,
+            "n_excluded_empty": sums["n_excluded_empty"],
+            "n_excluded_non_finite": sums["n_excluded_non_finite"],
             "bond_table": self.bond_table.key,
             "valence_table": self.valence_table.key,
             "rdkit_version": rdkit_version() if self.use_rdkit else None,

@@ -31,8 +31,10 @@ ships in ``configs/datasets_config.py`` (:data:`EDM_TRAIN_N_ATOMS_HISTOGRAM`, :d
 **The cache.** :func:`prepare_qm9` writes ``<cache>/qm9/qm9-v1.pt`` (ragged float32 positions, uint8 atomic
 numbers, per-split counts and QM9 indices; about 31 MB) and then a manifest ``qm9-v1.json`` with the file's
 size and SHA-256 and the split sizes. :func:`load_qm9` checks the manifest, the checksum and the tensors'
-consistency before using the cache; a missing, partial (no manifest) or corrupt cache is rebuilt (with a
-warning giving the reason) or, with ``on_invalid="raise"``, reported as :class:`CacheError`. The cache folder
+consistency before using the cache; a missing, partial (no manifest) or corrupt cache (including a manifest
+without a field the loader needs) is rebuilt (with a warning giving the path and the reason) or, with
+``on_invalid="raise"``, reported as :class:`CacheError`. Temporary files left by a preparation that was killed
+(``qm9-v1.pt.tmp-<pid>``) are removed on the next load (:func:`remove_stale_temporaries`). The cache folder
 is ``--cache-dir``, else ``$ENERGYLOSS_CACHE``, else ``~/.cache/energyloss``.
 """
 
@@ -85,6 +87,7 @@ __all__ = [
     "read_excluded_ids",
     "read_gdb9_tarball",
     "read_qm9_csv",
+    "remove_stale_temporaries",
     "split_indices",
     "verify_cache",
 ]
@@ -393,6 +396,44 @@ def _manifest_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+#: A temporary file older than this is stale whatever its process id says (ids are reused).
+STALE_TEMPORARY_SECONDS = 24 * 3600
+_TEMPORARY = re.compile(r"\.tmp-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.tmp-<pid>`` files of :func:`_write_atomic` whose writer is gone (or that are over a day old).
+
+    A preparation killed while writing leaves its temporary file behind; a live writer's file is kept. Returns the
+    files removed.
+    """
+    removed = []
+    for tmp in Path(folder).glob("*.tmp-*"):
+        match = _TEMPORARY.search(tmp.name)
+        if match is None or not tmp.is_file():
+            continue
+        try:
+            old = time.time() - tmp.stat().st_mtime > STALE_TEMPORARY_SECONDS
+            if old or not _pid_alive(int(match.group(1))):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # raced with its writer or another cleaner: nothing to do
+            continue
+    return removed
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -440,11 +481,13 @@ def prepare_qm9(
     progress : show progress bars.
     """
     path = cache_path(cache_dir)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path.parent)
     if not force:
         try:
             if verify_cache(path)["split"]["n_train"] == n_train:
                 return path
-        except (CacheError, KeyError, TypeError):
+        except CacheError:
             pass
     molecules, source_info = _build(source, source_dir, progress)
     canonical = len(molecules) == N_QM9
@@ -483,8 +526,9 @@ def prepare_qm9(
 def verify_cache(path: str | os.PathLike) -> dict[str, Any]:
     """Check a cache file against its manifest; return the manifest or raise :class:`CacheError` saying why.
 
-    Checks, in order: the file exists; the manifest exists (else the cache is partial) and has this format
-    and version; the file's size and SHA-256 match the manifest.
+    Checks, in order: the file exists; the manifest exists (else the cache is partial), has this format and
+    version and every field the loader reads (``bytes``, ``sha256``, ``split.n_train``, ``n_molecules`` and
+    ``n_atoms`` per split); the file's size and SHA-256 match the manifest.
     """
     path = Path(path)
     if not path.is_file():
@@ -503,6 +547,7 @@ def verify_cache(path: str | os.PathLike) -> dict[str, Any]:
             f"incompatible: {mpath} is format {manifest.get('format')!r} v{manifest.get('version')}, "
             f"expected {CACHE_FORMAT!r} v{CACHE_VERSION}"
         )
+    _check_manifest_fields(manifest, mpath)
     size = path.stat().st_size
     if size != manifest.get("bytes"):
         raise CacheError(f"corrupt: {path} has {size} bytes, the manifest says {manifest.get('bytes')}")
@@ -510,6 +555,26 @@ def verify_cache(path: str | os.PathLike) -> dict[str, Any]:
     if digest != manifest.get("sha256"):
         raise CacheError(f"corrupt: SHA-256 of {path} is {digest}, the manifest says {manifest.get('sha256')}")
     return manifest
+
+
+def _check_manifest_fields(manifest: Mapping[str, Any], mpath: Path) -> None:
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    problems = []
+    if not is_int(manifest.get("bytes")):
+        problems.append("'bytes' (int)")
+    if not isinstance(manifest.get("sha256"), str):
+        problems.append("'sha256' (str)")
+    split = manifest.get("split")
+    if not isinstance(split, dict) or not is_int(split.get("n_train")):
+        problems.append("'split.n_train' (int)")
+    for key in ("n_molecules", "n_atoms"):
+        counts = manifest.get(key)
+        if not isinstance(counts, dict) or not all(is_int(counts.get(name)) for name in SPLITS):
+            problems.append(f"'{key}' (an int per split {', '.join(SPLITS)})")
+    if problems:
+        raise CacheError(f"corrupt: manifest {mpath} lacks or has malformed {', '.join(problems)}")
 
 
 def _read_cache(path: Path, manifest: Mapping[str, Any]) -> dict[str, Molecules]:
@@ -554,6 +619,8 @@ def load_qm9(
     if on_invalid not in ("rebuild", "raise"):
         raise ValueError(f"on_invalid must be 'rebuild' or 'raise'; got {on_invalid!r}")
     path = cache_path(cache_dir)
+    if path.parent.is_dir():
+        remove_stale_temporaries(path.parent)
     try:
         manifest = verify_cache(path)
         return _read_cache(path, manifest)
@@ -639,7 +706,10 @@ def qm9_reference_smiles(
     from .metrics import EDM_BOND_TABLE, molecule_smiles, rdkit_version
 
     path = cache_path(cache_dir)
-    manifest = verify_cache(path) if path.is_file() else None
+    try:
+        manifest = verify_cache(path) if path.is_file() else None
+    except CacheError:
+        manifest = None  # load_qm9 below reports it and rebuilds
     if splits is None or manifest is None:
         splits = load_qm9(cache_dir=cache_dir)
         manifest = verify_cache(path)

@@ -443,7 +443,10 @@ def evaluate(
     rank, world = _rank_world()
     share = n_samples // world + (1 if rank < n_samples % world else 0)
     use_rdkit = rdkit_version() is not None  # without RDKit: stability only (evaluate samples.npz elsewhere)
-    metric = MoleculeMetrics(reference_smiles=reference_smiles if use_rdkit else None, use_rdkit=use_rdkit)
+    # a diverged sample (NaN coordinates) is a failed generation: it counts against the model, not out of the ratios
+    metric = MoleculeMetrics(
+        reference_smiles=reference_smiles if use_rdkit else None, use_rdkit=use_rdkit, non_finite="fail"
+    )
     pieces = []
     was_training = model.training
     model.eval()

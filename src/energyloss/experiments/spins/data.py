@@ -5,7 +5,10 @@ instance is reproducible on its own, whatever the number of worker processes, an
 prefix of a larger one. Files live in ``<cache>/spins/`` where ``<cache>`` is, in order, the ``cache_dir``
 argument (the ``--cache-dir`` flag), the ``ENERGYLOSS_CACHE`` environment variable, or ``~/.cache/energyloss``;
 the file name holds a content hash of the generation settings. On loading, the file's array checksum is
-verified and the stored energies are recomputed from the stored spins.
+verified and the stored energies are recomputed from the stored spins. A cache file that fails any of this (a
+truncated or garbage ``.npz`` included) is reported with its path in a ``UserWarning`` and regenerated, or,
+with ``on_invalid="raise"``, raises ``ValueError`` naming it. Temporary files left by a writer that was killed
+(``*.npz.tmp<pid>.npz``) are removed on the next load.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ __all__ = [
     "cache_root",
     "generate",
     "load_or_generate",
+    "remove_stale_temporaries",
 ]
 
 CACHE_ENV = "ENERGYLOSS_CACHE"
@@ -128,11 +134,63 @@ def _checksum(data: dict[str, np.ndarray]) -> str:
 
 
 def _verify(data: dict[str, np.ndarray], spec: SpinDataSpec, path: Path) -> None:
+    missing = sorted({"checksum", "couplings", "spins", "energies"} - set(data))
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing} (corrupt cache file)")
+    size, n = spec.size, len(data["energies"])
+    expected = {"couplings": (n, 2, size, size), "spins": (n, size, size), "energies": (n,)}
+    for name, shape in expected.items():
+        if data[name].shape != shape:
+            raise ValueError(f"{path}: {name} has shape {data[name].shape}, expected {shape} (corrupt cache file)")
     if str(data["checksum"]) != _checksum(data):
         raise ValueError(f"{path}: checksum mismatch (corrupt cache file); delete it to regenerate")
     energies = solver.energy(data["spins"], data["couplings"], periodic=spec.periodic)
     if not np.allclose(energies, data["energies"], rtol=0, atol=1e-9):
         raise ValueError(f"{path}: stored energies do not match the stored spins; delete it to regenerate")
+
+
+#: A temporary file older than this is stale whatever its process id says (ids are reused).
+STALE_TEMPORARY_SECONDS = 24 * 3600
+_TEMPORARY = re.compile(r"\.npz\.tmp(\d+)\.npz$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary ``*.npz.tmp<pid>.npz`` files of writers that are gone (or over a day old)."""
+    removed = []
+    for tmp in Path(folder).glob("*.npz.tmp*.npz"):
+        match = _TEMPORARY.search(tmp.name)
+        if match is None or not tmp.is_file():
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMPORARY_SECONDS or not _pid_alive(int(match.group(1))):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # raced with its writer or another cleaner
+            continue
+    return removed
+
+
+def _read(path: Path, spec: SpinDataSpec) -> dict[str, np.ndarray]:
+    """The verified arrays of a cache file; ``ValueError`` naming the file for anything wrong with it."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except Exception as err:  # truncated / garbage files fail in many ways (BadZipFile, EOFError, zlib, ...)
+        raise ValueError(f"{path}: unreadable cache file ({type(err).__name__}: {err})") from None
+    _verify(data, spec, path)
+    return data
 
 
 def load_or_generate(
@@ -143,34 +201,50 @@ def load_or_generate(
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
     show_progress: bool = True,
+    on_invalid: str = "rebuild",
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Load split ``split`` (``n`` instances) from the cache, generating and saving it first if needed.
 
-    Returns the arrays and an info dict (``path``, ``cached``, ``seconds``, ``instances_per_second``).
+    A corrupt cache file (unreadable, wrong arrays, checksum or energies not matching) is deleted and
+    regenerated with a ``UserWarning`` naming it (``on_invalid="rebuild"``), or raises ``ValueError`` naming it
+    (``on_invalid="raise"``). Returns the arrays and an info dict (``path``, ``cached``, ``seconds``,
+    ``instances_per_second``).
     """
+    if on_invalid not in ("rebuild", "raise"):
+        raise ValueError(f"on_invalid must be 'rebuild' or 'raise'; got {on_invalid!r}")
     folder = cache_root(cache_dir) / "spins"
     stem = f"{split}-L{spec.size}-{spec.key(split)}"
     path = folder / f"{stem}-n{n}.npz"
+    if folder.is_dir():
+        remove_stale_temporaries(folder)
     # any cached file of the same settings with at least n instances will do: instance i never changes
     candidates = sorted(
         (int(p.stem.rsplit("-n", 1)[1]), p)
         for p in folder.glob(f"{stem}-n*.npz")
         if p.stem.rsplit("-n", 1)[1].isdigit()
     )
-    found = [p for m, p in candidates if m >= n]
-    if found:
-        with np.load(found[0]) as f:
-            data = {k: f[k] for k in f.files}
-        _verify(data, spec, found[0])
+    for _, candidate in ((m, p) for m, p in candidates if m >= n):
+        try:
+            data = _read(candidate, spec)
+        except ValueError as err:
+            if on_invalid == "raise":
+                raise
+            warnings.warn(f"spins cache file is corrupt and will be regenerated: {err}", stacklevel=2)
+            candidate.unlink(missing_ok=True)
+            candidate.with_suffix(".json").unlink(missing_ok=True)
+            continue
         data = {k: data[k][:n] for k in ("couplings", "spins", "energies")}
-        return data, {"path": str(found[0]), "n": n, "cached": True, "seconds": 0.0, "instances_per_second": None}
+        return data, {"path": str(candidate), "n": n, "cached": True, "seconds": 0.0, "instances_per_second": None}
     start = time.perf_counter()
     data = generate(spec, split, n, workers=workers, show_progress=show_progress)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, checksum=np.asarray(_checksum(data)), **data)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, checksum=np.asarray(_checksum(data)), **data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     info = {
         "path": str(path),
         "n": n,
