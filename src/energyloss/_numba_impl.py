@@ -132,25 +132,38 @@ def _spring(d, k0, aux, cut, inv_aux, scheme):
     return k0 * _exp_negative(d * inv_aux, cut)
 
 
-def _make_kernels(scheme: int):
-    """The pair and edge kernels specialised for one coefficient scheme (0 constant, 1 inverse, 2 1/d^2, 3 exp)."""
+def _make_kernels(scheme: int, parallel: bool):
+    """The pair, edge and cell-list kernels for one coefficient scheme (0 constant, 1 inverse, 2 1/d^2, 3 exp),
+    multi-threaded or single-threaded (small inputs: no thread-pool wake-up)."""
+    # Both values enter the kernels' closure, so each variant has its own key in numba's on-disk cache.
+    config = (scheme, parallel)
 
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
-    def pair(pos, tgt, mask, params, splits, grad, energy, scratch):
-        """pos, tgt (B, 3, N); mask (B, N) 0/1; params (k0, aux, cut, 1/aux, 0, 1, cutoff) in the data dtype; grad
-        (B, splits, 3, N) zeros; energy (B, splits) float64; scratch (B * splits, N)."""
-        nb, n = pos.shape[0], pos.shape[2]
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    def pair(pred, tgt, mask, params, splits):
+        """pred, tgt (B, N, D), D <= 3; mask (B, N) bool, or (0, 0) for none; params (k0, aux, cut, 1/aux, 0, 1,
+        cutoff) in the data dtype. Returns the gradient (B, splits, N, D) and the energies (B, splits) float64."""
+        nb, n, dim = pred.shape
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
         rc = params[6]
+        has_mask = mask.shape[0] > 0
+        grad = np.zeros((nb, splits, n, dim), dtype=pred.dtype)
+        energy = np.zeros((nb, splits), dtype=np.float64)
         period = 2 * splits
         for task in prange(nb * splits):
             b = task // splits
             s = task - b * splits
-            px, py, pz = pos[b, 0], pos[b, 1], pos[b, 2]
-            tx, ty, tz = tgt[b, 0], tgt[b, 1], tgt[b, 2]
-            m = mask[b]
-            gx, gy, gz = grad[b, s, 0], grad[b, s, 1], grad[b, s, 2]
-            w = scratch[task]
+            # structure-of-arrays copies, so that the loop over j reads contiguous memory (and vectorises)
+            soa = np.zeros((11, n), dtype=pred.dtype)
+            px, py, pz, tx, ty, tz = soa[0], soa[1], soa[2], soa[3], soa[4], soa[5]
+            m, gx, gy, gz, w = soa[6], soa[7], soa[8], soa[9], soa[10]
+            for i in range(n):
+                m[i] = zero if has_mask and not mask[b, i] else one
+                if m[i] != zero:
+                    px[i], tx[i] = pred[b, i, 0], tgt[b, i, 0]
+                    if dim > 1:
+                        py[i], ty[i] = pred[b, i, 1], tgt[b, i, 1]
+                    if dim > 2:
+                        pz[i], tz[i] = pred[b, i, 2], tgt[b, i, 2]
             total = 0.0
             for i in range(n):
                 q = i % period
@@ -168,7 +181,7 @@ def _make_kernels(scheme: int):
                     ex, ey, ez = ui - tx[j], vi - ty[j], wi - tz[j]
                     d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
                     r = d_t - d_p
-                    k = _spring(d_t, k0, aux, cut, inv_aux, scheme) if d_t <= rc else zero
+                    k = _spring(d_t, k0, aux, cut, inv_aux, config[0]) if d_t <= rc else zero
                     kr = k * m[j] * r
                     e_i += kr * r
                     # d/dp_i of k r^2 is -2 k r (p_i - p_j) / d_p; coincident points have p_i - p_j = 0
@@ -187,9 +200,16 @@ def _make_kernels(scheme: int):
                 gy[i] += ay
                 gz[i] += az
                 total += e_i
+            for i in range(n):
+                grad[b, s, i, 0] = -2 * gx[i]
+                if dim > 1:
+                    grad[b, s, i, 1] = -2 * gy[i]
+                if dim > 2:
+                    grad[b, s, i, 2] = -2 * gz[i]
             energy[b, s] = total
+        return grad, energy
 
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
     def edges(pos, tgt, src, dst, owner, valid, params, splits, grad, energy):
         """pos, tgt (M, D); src, dst, owner (E,) int64; valid (E,) 0/1 or empty; grad (splits, M, D) zeros;
         energy (splits, num) float64."""
@@ -217,7 +237,7 @@ def _make_kernels(scheme: int):
                 if d_t > rc:
                     continue
                 r = d_t - d_p
-                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * r
+                kr = _spring(d_t, k0, aux, cut, inv_aux, config[0]) * r
                 e[owner[q]] += kr * r
                 w_ij = kr / (d_p if d_p > zero else one)
                 for c in range(dim):
@@ -225,7 +245,7 @@ def _make_kernels(scheme: int):
                     g[i, c] += v
                     g[j, c] -= v
 
-    @njit(parallel=True, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
     def cells(pos, tgt, mask, params, splits, grad, energy, order, cell_start, cell_of, dims):
         """Pairs within the cutoff ``params[6]`` of one structure, found through the cell list of its target.
 
@@ -269,7 +289,7 @@ def _make_kernels(scheme: int):
                                 dx, dy, dz = xi - pos[0, j], yi - pos[1, j], zi - pos[2, j]
                                 d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
                                 r = d_t - d_p
-                                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * mask[j] * r
+                                kr = _spring(d_t, k0, aux, cut, inv_aux, config[0]) * mask[j] * r
                                 e_i += kr * r
                                 w_ij = kr / (d_p if d_p > zero else one)
                                 ax += w_ij * dx
@@ -336,8 +356,8 @@ def build_cells(tgt, mask, cutoff, max_cells):
     return order, cell_start, cell_of, dims
 
 
-#: Scheme id -> (pair kernel, edge kernel, cell-list kernel).
-KERNELS = {scheme: _make_kernels(scheme) for scheme in range(4)}
+#: (scheme id, parallel) -> (pair kernel, edge kernel, cell-list kernel).
+KERNELS = {(scheme, parallel): _make_kernels(scheme, parallel) for scheme in range(4) for parallel in (True, False)}
 
 
 def set_threads(count: int) -> int:

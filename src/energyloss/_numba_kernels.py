@@ -26,6 +26,7 @@ import importlib.util
 import os
 import threading
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,7 +46,12 @@ CELL_LIST_MIN_ATOMS = 2048
 #: ``cutoff=None`` is passed to the kernels as this distance (no pair is farther).
 NO_CUTOFF = float("inf")
 
+#: Below this many pair entries ``B * N * N`` the kernels run single-threaded: waking the thread pool would cost
+#: more than the work (N = 30: 0.45k pairs).
+SERIAL_MAX_PAIRS = 2**15
+
 _LOCK = threading.Lock()
+_NO_MASK = np.zeros((0, 0), dtype=np.bool_)
 
 # The operators are defined with the low-level torch.library API: torch.library.custom_op would wrap the kernels in
 # torch._disable_dynamo, whose first call imports torch._dynamo (2-3 s) in every process.
@@ -97,12 +103,16 @@ def _impl():
     return _numba_impl
 
 
-def _params(scheme: tuple[int, float, float], dtype: torch.dtype, cutoff: float) -> tuple[int, Tensor]:
-    sid, k0, aux = scheme
+@functools.lru_cache(maxsize=256)
+def _params(scheme: tuple[int, float, float], dtype: torch.dtype, cutoff: float) -> np.ndarray:
+    """The kernels' constants in the data dtype (cached: building them costs more than a small kernel call)."""
+    _, k0, aux = scheme
     # an infinite cutoff becomes the largest finite float: the kernels are compiled assuming no infinities
     rc = min(cutoff, torch.finfo(dtype).max)
-    values = [k0, aux, exp_cutoff(dtype), 1.0 / aux, 0.0, 1.0, rc]
-    return sid, torch.tensor(values, dtype=dtype)
+    values = np.array([k0, aux, exp_cutoff(dtype), 1.0 / aux, 0.0, 1.0, rc], dtype=np.float64)
+    out = values.astype(np.float32 if dtype == torch.float32 else np.float64)
+    out.setflags(write=False)
+    return out
 
 
 def _threads() -> int:
@@ -134,37 +144,22 @@ def _pair_energy_cpu(
         return pred.new_zeros(bsz), torch.zeros_like(pred)
     if cutoff < NO_CUTOFF and n >= CELL_LIST_MIN_ATOMS:
         return _cell_list_energy(pred, target, mask, (scheme, k0, aux), cutoff, need_grad)
-    soa = (pred.dtype, (bsz, 3, n))
-    pos = torch.zeros(soa[1], dtype=soa[0])
-    tgt = torch.zeros(soa[1], dtype=soa[0])
-    pos[:, :dim] = pred.mT
-    tgt[:, :dim] = target.mT
-    weights = torch.ones(bsz, n, dtype=pred.dtype) if mask is None else mask.to(pred.dtype)
-    sid, params = _params((scheme, k0, aux), pred.dtype, cutoff)
+    params = _params((scheme, k0, aux), pred.dtype, cutoff)
+    flags = _NO_MASK if mask is None else mask.contiguous().numpy()
+    parallel = bsz * n * n >= SERIAL_MAX_PAIRS
     with _LOCK:
-        splits = _pair_splits(bsz, n, _threads())
-        grad = torch.zeros(bsz, splits, 3, n, dtype=pred.dtype)
-        energy = torch.zeros(bsz, splits, dtype=torch.float64)
-        scratch = torch.empty(bsz * splits, n, dtype=pred.dtype)
-        _impl().KERNELS[sid][0](
-            pos.numpy(),
-            tgt.numpy(),
-            weights.numpy(),
-            params.numpy(),
-            splits,
-            grad.numpy(),
-            energy.numpy(),
-            scratch.numpy(),
+        splits = _pair_splits(bsz, n, _threads()) if parallel else 1
+        grad, energy = _impl().KERNELS[scheme, parallel][0](
+            pred.contiguous().numpy(), target.contiguous().numpy(), flags, params, splits
         )
-    total = grad[:, 0] if splits == 1 else grad.sum(1)
-    out = total[:, :dim].mT.mul(-2.0).contiguous() if need_grad else pred.new_zeros(0)
-    return energy.sum(1).to(pred.dtype), out
+    out = torch.from_numpy(grad[:, 0] if splits == 1 else grad.sum(1)) if need_grad else pred.new_zeros(0)
+    return torch.from_numpy(energy.sum(1).astype(grad.dtype)), out
 
 
 def _cell_list_energy(pred, target, mask, scheme, cutoff, need_grad) -> tuple[Tensor, Tensor]:
     """The cutoff energy of large structures, one at a time, through the cell list of each target."""
     bsz, n, dim = pred.shape
-    sid, params = _params(scheme, pred.dtype, cutoff)
+    params = _params(scheme, pred.dtype, cutoff)
     impl = _impl()
     energies, grads = [], []
     with _LOCK:
@@ -178,11 +173,11 @@ def _cell_list_energy(pred, target, mask, scheme, cutoff, need_grad) -> tuple[Te
             order, cell_start, cell_of, dims = impl.build_cells(tgt.numpy(), weights.numpy(), float(cutoff), 2 * n)
             grad = torch.zeros(splits, 3, n, dtype=pred.dtype)
             energy = torch.zeros(splits, dtype=torch.float64)
-            impl.KERNELS[sid][2](
+            impl.KERNELS[scheme[0], True][2](
                 pos.numpy(),
                 tgt.numpy(),
                 weights.numpy(),
-                params.numpy(),
+                params,
                 splits,
                 grad.numpy(),
                 energy.numpy(),
@@ -219,7 +214,9 @@ def pair_energy_and_grad(
     if scheme is None or not 1 <= pred.shape[-1] <= MAX_DIM:
         raise ValueError(f"the numba kernel handles the built-in coefficient schemes and D <= {MAX_DIM}")
     rc = NO_CUTOFF if cutoff is None else float(cutoff)
-    energy, grad = torch.ops.energyloss.pair_energy(pred.detach(), target.detach(), mask, *scheme, rc, need_grad)
+    # torch.compile sees the registered operator; eager calls skip the dispatcher (10 us a call on a small input)
+    op = torch.ops.energyloss.pair_energy if torch.compiler.is_compiling() else _pair_energy_cpu
+    energy, grad = op(pred.detach(), target.detach(), mask, *scheme, rc, need_grad)
     return energy, (grad if need_grad else None)
 
 
@@ -242,21 +239,22 @@ def _edge_energy_cpu(
     need_grad: bool,
 ) -> tuple[Tensor, Tensor]:
     n_edges = src.shape[0]
-    sid, params = _params((scheme, k0, aux), pred.dtype, cutoff)
+    params = _params((scheme, k0, aux), pred.dtype, cutoff)
+    parallel = n_edges >= EDGE_SPLIT_MIN
     with _LOCK:
-        splits = 1 if n_edges < EDGE_SPLIT_MIN else _threads()
+        splits = _threads() if parallel else 1
         grad = torch.zeros(splits, *pred.shape, dtype=pred.dtype)
         energy = torch.zeros(splits, num, dtype=torch.float64)
         flags = valid.to(torch.uint8) if valid is not None else torch.empty(0, dtype=torch.uint8)
         if n_edges:
-            _impl().KERNELS[sid][1](
+            _impl().KERNELS[scheme, parallel][1](
                 pred.contiguous().numpy(),
                 target.contiguous().numpy(),
                 src.to(torch.int64).numpy(),
                 dst.to(torch.int64).numpy(),
                 owner.to(torch.int64).numpy(),
                 flags.numpy(),
-                params.numpy(),
+                params,
                 splits,
                 grad.numpy(),
                 energy.numpy(),
@@ -296,7 +294,6 @@ def edge_energy_and_grad(
     if owner is None:
         owner = torch.zeros_like(src)
     rc = NO_CUTOFF if cutoff is None else float(cutoff)
-    energy, grad = torch.ops.energyloss.edge_energy(
-        pred.detach(), target.detach(), src, dst, owner, valid, num, *scheme, rc, need_grad
-    )
+    op = torch.ops.energyloss.edge_energy if torch.compiler.is_compiling() else _edge_energy_cpu
+    energy, grad = op(pred.detach(), target.detach(), src, dst, owner, valid, num, *scheme, rc, need_grad)
     return energy, (grad if need_grad else None)

@@ -462,14 +462,17 @@ def pair_energy_loss(
                 pred, target, mask=mask, batch=batch, batch_size=batch_size, max_num_nodes=max_num_nodes
             )
             bsz, n = pred_b.shape[:2]
-            n_atoms = torch.full((bsz,), n, device=pred.device) if mask_b is None else mask_b.sum(-1)
+            # atom counts as a tensor only where a mask makes them differ (None: n everywhere, no extra ops)
+            n_atoms = None if mask_b is None else mask_b.sum(-1)
             if edges is not None:
                 _check_edges(edges, num_nodes=n, num_structures=None if single else bsz)
                 energy, n_pairs, _ = _edge_energy(
                     pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff, cutoff=cutoff
                 )
             else:
-                n_pairs = n_atoms * (n_atoms - 1) // 2
+                n_pairs = None
+                if normalize == "pairs":
+                    n_pairs = n * (n - 1) // 2 if n_atoms is None else n_atoms * (n_atoms - 1) // 2
                 fused = chunk_size is None and (
                     _numba_kernels.supports(pred_b, coeff) or _triton_kernels.supports(pred_b, coeff)
                 )
@@ -485,12 +488,16 @@ def pair_energy_loss(
                 if cutoff is not None and not fused:
                     coeff = _Truncated(coeff, cutoff)
                 energy = _PairEnergy.apply(pred_b, target_b, mask_b, coeff, block, cutoff)
+            if n_atoms is None:
+                n_atoms = n
         if undirected_edges:
             energy, n_pairs = 0.5 * energy, n_pairs // 2
 
         if normalize == "atoms":
-            energy = energy / n_atoms.clamp_min(1).to(energy.dtype)
+            energy = energy / (max(n_atoms, 1) if isinstance(n_atoms, int) else n_atoms.clamp_min(1).to(energy.dtype))
         elif normalize == "pairs":
-            energy = energy / n_pairs.clamp_min(1).to(energy.dtype)
-        loss = reduce_per_structure(energy, reduction, single=single, counts=n_atoms)
+            energy = energy / (max(n_pairs, 1) if isinstance(n_pairs, int) else n_pairs.clamp_min(1).to(energy.dtype))
+        loss = reduce_per_structure(
+            energy, reduction, single=single, counts=None if isinstance(n_atoms, int) else n_atoms
+        )
     return loss
