@@ -15,10 +15,11 @@ Two kernels, both returning the value and the gradient computed in one pass:
   into per-task gradient buffers.
 
 ``exp`` is evaluated inline (range reduction to ``[-ln 2 / 2, ln 2 / 2]``, a Taylor polynomial, and the power of
-two assembled from its exponent bits) because the LLVM of the numba wheels has no vector math library: a call to
-the C library's ``exp`` would keep the loop scalar. Its relative error is below 3e-7 in float32; in float64 it is
-``3e-16 + 3.4e-17 x`` (the rounding of ln 2 times the exponent: 1e-15 for springs above ``exp(-20)``, 1.2e-14 at
-the cutoff; a two-part ln 2 would not survive the reassociation that fast-math allows).
+two as a product of exact powers of two selected by the bits of the exponent) because the LLVM of the numba
+wheels has no vector math library: a call to the C library's ``exp`` would keep the loop scalar. Its relative error
+is below 3e-7 in float32; in float64 it is ``3e-16 + 3.4e-17 x`` (the rounding of ln 2 times the exponent: 1e-15
+for springs above ``exp(-20)``, 1.2e-14 at the cutoff; a two-part ln 2 would not survive the reassociation that
+fast-math allows).
 The four built-in coefficient schemes are compiled as four specialisations of one kernel (the scheme id is a
 compile-time constant of a closure), so the inner loop carries no branch on it.
 """
@@ -29,28 +30,11 @@ import math
 
 import numba
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.core.extending import intrinsic, overload
+from numba.core.extending import overload
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-
-
-@intrinsic
-def _float_from_bits(typingctx, bits):
-    """Reinterpret the bits of an int32 as a float32, or of an int64 as a float64."""
-    if bits == types.int32:
-        sig, target = types.float32(types.int32), ir.FloatType()
-    elif bits == types.int64:
-        sig, target = types.float64(types.int64), ir.DoubleType()
-    else:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], target)
-
-    return sig, codegen
 
 
 def _exp_negative(x, cut):  # pragma: no cover - replaced by the overload below inside compiled code
@@ -63,6 +47,7 @@ def _exp_negative_impl(x, cut):
     if x == types.float32:
         one, half, log2e, ln2 = (np.float32(v) for v in (1.0, 0.5, _LOG2E, _LN2))
         c = tuple(np.float32((-1.0) ** k / math.factorial(k)) for k in range(1, 8))
+        h = tuple(np.float32(2.0 ** -(2**b)) for b in range(7))
         zero = np.float32(0.0)
 
         def impl32(x, cut):
@@ -77,12 +62,21 @@ def _exp_negative_impl(x, cut):
             p = p * f + c[1]
             p = p * f + c[0]
             p = p * f + one
-            scale = _float_from_bits(np.int32((127 - n) << 23))
+            # 2^-n from the bits of n (n <= 126): seven exact multiplications by powers of two, branch-free
+            scale = one
+            scale *= h[0] if (n & 1) != 0 else one
+            scale *= h[1] if (n & 2) != 0 else one
+            scale *= h[2] if (n & 4) != 0 else one
+            scale *= h[3] if (n & 8) != 0 else one
+            scale *= h[4] if (n & 16) != 0 else one
+            scale *= h[5] if (n & 32) != 0 else one
+            scale *= h[6] if (n & 64) != 0 else one
             return p * scale if x <= cut else zero
 
         return impl32
     if x == types.float64:
         c = tuple((-1.0) ** k / math.factorial(k) for k in range(1, 14))
+        h = tuple(2.0 ** -(2**b) for b in range(9))
 
         def impl64(x, cut):
             xc = min(x, cut)
@@ -102,7 +96,16 @@ def _exp_negative_impl(x, cut):
             p = p * f + c[1]
             p = p * f + c[0]
             p = p * f + 1.0
-            scale = _float_from_bits(np.int64((1023 - n) << 52))
+            scale = 1.0  # 2^-n from the bits of n (n <= 511), as in impl32
+            scale *= h[0] if (n & 1) != 0 else 1.0
+            scale *= h[1] if (n & 2) != 0 else 1.0
+            scale *= h[2] if (n & 4) != 0 else 1.0
+            scale *= h[3] if (n & 8) != 0 else 1.0
+            scale *= h[4] if (n & 16) != 0 else 1.0
+            scale *= h[5] if (n & 32) != 0 else 1.0
+            scale *= h[6] if (n & 64) != 0 else 1.0
+            scale *= h[7] if (n & 128) != 0 else 1.0
+            scale *= h[8] if (n & 256) != 0 else 1.0
             return p * scale if x <= cut else 0.0
 
         return impl64
@@ -135,27 +138,79 @@ def _spring(d, k0, aux, cut, inv_aux, scheme):
 def _make_kernels(scheme: int, parallel: bool):
     """The pair, edge and cell-list kernels for one coefficient scheme (0 constant, 1 inverse, 2 1/d^2, 3 exp),
     multi-threaded or single-threaded (small inputs: no thread-pool wake-up)."""
-    # Both values enter the kernels' closure, so each variant has its own key in numba's on-disk cache.
-    config = (scheme, parallel)
+    # Both values are read inside the kernels, so they enter their closures: each variant has its own key in
+    # numba's on-disk cache, and the scheme is a compile-time constant (the inner loops carry no branch on it).
 
-    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    # error_model="numpy" everywhere: Python's model checks every division for zero, a branch that keeps the
+    # loops scalar (7 instead of 10 ns a pair here); the divisors are clamped or positive by construction.
+    @njit(fastmath=True, boundscheck=False, cache=True, nogil=True, error_model="numpy")
+    def rows(px, py, pz, tx, ty, tz, m, gx, gy, gz, w, s, splits, params):
+        """Energy of the rows of task ``s`` (of ``splits``) of one structure in structure-of-arrays form; their
+        gradient is added to ``gx, gy, gz``. A function of its own: with arrays passed in, the vectoriser checks
+        their overlap at run time and emits SIMD loops (inlined into the task loop it kept them scalar, 2x slower).
+        """
+        n = px.shape[0]
+        k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
+        rc = params[6]
+        period = 2 * splits
+        total = 0.0
+        for i in range(n):
+            q = i % period
+            if (q if q < splits else period - 1 - q) != s or m[i] == zero:
+                continue
+            xi, yi, zi = px[i], py[i], pz[i]
+            ui, vi, wi = tx[i], ty[i], tz[i]
+            e_i = zero
+            ax = zero
+            ay = zero
+            az = zero
+            for j in range(i + 1, n):
+                dx, dy, dz = xi - px[j], yi - py[j], zi - pz[j]
+                d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
+                ex, ey, ez = ui - tx[j], vi - ty[j], wi - tz[j]
+                d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
+                r = d_t - d_p
+                k = _spring(d_t, k0, aux, cut, inv_aux, scheme) if d_t <= rc else zero
+                kr = k * m[j] * r
+                e_i += kr * r
+                # d/dp_i of k r^2 is -2 k r (p_i - p_j) / d_p; coincident points have p_i - p_j = 0
+                w_ij = kr / (d_p if d_p > zero else one)
+                w[j] = w_ij
+                ax += w_ij * dx
+                ay += w_ij * dy
+                az += w_ij * dz
+            for j in range(i + 1, n):
+                gx[j] -= w[j] * (xi - px[j])
+            for j in range(i + 1, n):
+                gy[j] -= w[j] * (yi - py[j])
+            for j in range(i + 1, n):
+                gz[j] -= w[j] * (zi - pz[j])
+            gx[i] += ax
+            gy[i] += ay
+            gz[i] += az
+            total += e_i
+        return total
+
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True, error_model="numpy")
     def pair(pred, tgt, mask, params, splits):
         """pred, tgt (B, N, D), D <= 3; mask (B, N) bool, or (0, 0) for none; params (k0, aux, cut, 1/aux, 0, 1,
         cutoff) in the data dtype. Returns the gradient (B, splits, N, D) and the energies (B, splits) float64."""
         nb, n, dim = pred.shape
-        k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
-        rc = params[6]
+        zero, one = params[4], params[5]
         has_mask = mask.shape[0] > 0
+        splits = splits if parallel else 1
         grad = np.zeros((nb, splits, n, dim), dtype=pred.dtype)
         energy = np.zeros((nb, splits), dtype=np.float64)
-        period = 2 * splits
         for task in prange(nb * splits):
             b = task // splits
             s = task - b * splits
             # structure-of-arrays copies, so that the loop over j reads contiguous memory (and vectorises)
-            soa = np.zeros((11, n), dtype=pred.dtype)
-            px, py, pz, tx, ty, tz = soa[0], soa[1], soa[2], soa[3], soa[4], soa[5]
-            m, gx, gy, gz, w = soa[6], soa[7], soa[8], soa[9], soa[10]
+            coords = np.zeros((7, n), dtype=pred.dtype)
+            px, py, pz, tx, ty, tz, m = coords[0], coords[1], coords[2], coords[3], coords[4], coords[5], coords[6]
+            w = np.empty(n, dtype=pred.dtype)
+            gx = np.zeros(n, dtype=pred.dtype)
+            gy = np.zeros(n, dtype=pred.dtype)
+            gz = np.zeros(n, dtype=pred.dtype)
             for i in range(n):
                 m[i] = zero if has_mask and not mask[b, i] else one
                 if m[i] != zero:
@@ -164,42 +219,7 @@ def _make_kernels(scheme: int, parallel: bool):
                         py[i], ty[i] = pred[b, i, 1], tgt[b, i, 1]
                     if dim > 2:
                         pz[i], tz[i] = pred[b, i, 2], tgt[b, i, 2]
-            total = 0.0
-            for i in range(n):
-                q = i % period
-                if (q if q < splits else period - 1 - q) != s or m[i] == zero:
-                    continue
-                xi, yi, zi = px[i], py[i], pz[i]
-                ui, vi, wi = tx[i], ty[i], tz[i]
-                e_i = zero
-                ax = zero
-                ay = zero
-                az = zero
-                for j in range(i + 1, n):
-                    dx, dy, dz = xi - px[j], yi - py[j], zi - pz[j]
-                    d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
-                    ex, ey, ez = ui - tx[j], vi - ty[j], wi - tz[j]
-                    d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
-                    r = d_t - d_p
-                    k = _spring(d_t, k0, aux, cut, inv_aux, config[0]) if d_t <= rc else zero
-                    kr = k * m[j] * r
-                    e_i += kr * r
-                    # d/dp_i of k r^2 is -2 k r (p_i - p_j) / d_p; coincident points have p_i - p_j = 0
-                    w_ij = kr / (d_p if d_p > zero else one)
-                    w[j] = w_ij
-                    ax += w_ij * dx
-                    ay += w_ij * dy
-                    az += w_ij * dz
-                for j in range(i + 1, n):
-                    gx[j] -= w[j] * (xi - px[j])
-                for j in range(i + 1, n):
-                    gy[j] -= w[j] * (yi - py[j])
-                for j in range(i + 1, n):
-                    gz[j] -= w[j] * (zi - pz[j])
-                gx[i] += ax
-                gy[i] += ay
-                gz[i] += az
-                total += e_i
+            total = rows(px, py, pz, tx, ty, tz, m, gx, gy, gz, w, s, splits, params)
             for i in range(n):
                 grad[b, s, i, 0] = -2 * gx[i]
                 if dim > 1:
@@ -209,7 +229,7 @@ def _make_kernels(scheme: int, parallel: bool):
             energy[b, s] = total
         return grad, energy
 
-    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True, error_model="numpy")
     def edges(pos, tgt, src, dst, owner, valid, params, splits, grad, energy):
         """pos, tgt (M, D); src, dst, owner (E,) int64; valid (E,) 0/1 or empty; grad (splits, M, D) zeros;
         energy (splits, num) float64."""
@@ -217,6 +237,7 @@ def _make_kernels(scheme: int, parallel: bool):
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
         rc = params[6]
         has_valid = valid.shape[0] > 0
+        splits = splits if parallel else 1
         chunk = (n_edges + splits - 1) // splits
         for s in prange(splits):
             g = grad[s]
@@ -237,7 +258,7 @@ def _make_kernels(scheme: int, parallel: bool):
                 if d_t > rc:
                     continue
                 r = d_t - d_p
-                kr = _spring(d_t, k0, aux, cut, inv_aux, config[0]) * r
+                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * r
                 e[owner[q]] += kr * r
                 w_ij = kr / (d_p if d_p > zero else one)
                 for c in range(dim):
@@ -245,7 +266,7 @@ def _make_kernels(scheme: int, parallel: bool):
                     g[i, c] += v
                     g[j, c] -= v
 
-    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True)
+    @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True, error_model="numpy")
     def cells(pos, tgt, mask, params, splits, grad, energy, order, cell_start, cell_of, dims):
         """Pairs within the cutoff ``params[6]`` of one structure, found through the cell list of its target.
 
@@ -256,6 +277,7 @@ def _make_kernels(scheme: int, parallel: bool):
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
         rc = params[6]
         nx, ny, nz = dims[0], dims[1], dims[2]
+        splits = splits if parallel else 1
         period = 2 * splits
         for s in prange(splits):
             gx, gy, gz = grad[s, 0], grad[s, 1], grad[s, 2]
@@ -289,7 +311,7 @@ def _make_kernels(scheme: int, parallel: bool):
                                 dx, dy, dz = xi - pos[0, j], yi - pos[1, j], zi - pos[2, j]
                                 d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
                                 r = d_t - d_p
-                                kr = _spring(d_t, k0, aux, cut, inv_aux, config[0]) * mask[j] * r
+                                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * mask[j] * r
                                 e_i += kr * r
                                 w_ij = kr / (d_p if d_p > zero else one)
                                 ax += w_ij * dx
