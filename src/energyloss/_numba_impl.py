@@ -123,8 +123,12 @@ def exp_negative(x: np.ndarray, cut: float) -> np.ndarray:
 
 
 @njit(inline="always", fastmath=True)
-def _spring(d, k0, aux, cut, inv_aux, scheme):
-    """Spring constant of a target distance ``d`` under scheme 0 constant, 1 inverse, 2 1/d^2 or 3 exp."""
+def _spring(d, k0, aux, cut, inv_aux, scheme, vectorised):
+    """Spring constant of a target distance ``d`` under scheme 0 constant, 1 inverse, 2 1/d^2 or 3 exp.
+
+    ``vectorised``: the inline exp of :func:`_exp_negative`, for SIMD loops; else the C library's (scalar code:
+    the inline version's serial chain of operations costs about 30 ns a call there, libm's a few).
+    """
     if scheme == 0:
         return k0
     if scheme == 1:
@@ -132,7 +136,10 @@ def _spring(d, k0, aux, cut, inv_aux, scheme):
     if scheme == 2:
         c = max(d, aux)
         return k0 / (c * c)
-    return k0 * _exp_negative(d * inv_aux, cut)
+    x = d * inv_aux
+    if vectorised:
+        return k0 * _exp_negative(x, cut)
+    return k0 * math.exp(-x) if x <= cut else k0 * 0
 
 
 def _make_kernels(scheme: int, parallel: bool):
@@ -170,7 +177,7 @@ def _make_kernels(scheme: int, parallel: bool):
                 ex, ey, ez = ui - tx[j], vi - ty[j], wi - tz[j]
                 d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
                 r = d_t - d_p
-                k = _spring(d_t, k0, aux, cut, inv_aux, scheme) if d_t <= rc else zero
+                k = _spring(d_t, k0, aux, cut, inv_aux, scheme, True) if d_t <= rc else zero
                 kr = k * m[j] * r
                 e_i += kr * r
                 # d/dp_i of k r^2 is -2 k r (p_i - p_j) / d_p; coincident points have p_i - p_j = 0
@@ -231,36 +238,43 @@ def _make_kernels(scheme: int, parallel: bool):
 
     @njit(parallel=parallel, fastmath=True, boundscheck=False, cache=True, nogil=True, error_model="numpy")
     def edges(pos, tgt, src, dst, owner, valid, params, splits, grad, energy):
-        """pos, tgt (M, D); src, dst, owner (E,) int64; valid (E,) 0/1 or empty; grad (splits, M, D) zeros;
-        energy (splits, num) float64."""
+        """pos, tgt (M, D); src, dst, owner (E,) int64; valid (E,) 0/1; grad (splits, M, D) zeros; energy
+        (splits, num) float64. Per task, a gather pass computes every edge's term and weight (no stores but two
+        arrays, so it vectorises; coordinates past D read as 0 from a clamped index), then a scatter pass adds the
+        gradient and the energies."""
         n_edges, dim = src.shape[0], pos.shape[1]
         k0, aux, cut, inv_aux, zero, one = params[0], params[1], params[2], params[3], params[4], params[5]
         rc = params[6]
-        has_valid = valid.shape[0] > 0
+        d1, d2 = min(1, dim - 1), min(2, dim - 1)
+        on1 = one if dim > 1 else zero
+        on2 = one if dim > 2 else zero
         splits = splits if parallel else 1
         chunk = (n_edges + splits - 1) // splits
         for s in prange(splits):
+            lo, hi = s * chunk, min(n_edges, (s + 1) * chunk)
+            w = np.empty(max(hi - lo, 0), dtype=pos.dtype)
+            term = np.empty(max(hi - lo, 0), dtype=pos.dtype)
+            for q in range(lo, hi):
+                i, j = src[q], dst[q]
+                dx = pos[i, 0] - pos[j, 0]
+                dy = (pos[i, d1] - pos[j, d1]) * on1
+                dz = (pos[i, d2] - pos[j, d2]) * on2
+                ex = tgt[i, 0] - tgt[j, 0]
+                ey = (tgt[i, d1] - tgt[j, d1]) * on1
+                ez = (tgt[i, d2] - tgt[j, d2]) * on2
+                d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
+                d_t = math.sqrt(ex * ex + ey * ey + ez * ez)
+                k = _spring(d_t, k0, aux, cut, inv_aux, scheme, False) if d_t <= rc else zero
+                r = d_t - d_p
+                kr = k * (one if valid[q] != 0 else zero) * r
+                term[q - lo] = kr * r
+                w[q - lo] = kr / (d_p if d_p > zero else one)
             g = grad[s]
             e = energy[s]
-            for q in range(s * chunk, min(n_edges, (s + 1) * chunk)):
-                if has_valid and valid[q] == 0:
-                    continue
+            for q in range(lo, hi):
                 i, j = src[q], dst[q]
-                sp = zero
-                st = zero
-                for c in range(dim):
-                    dp = pos[i, c] - pos[j, c]
-                    dt = tgt[i, c] - tgt[j, c]
-                    sp += dp * dp
-                    st += dt * dt
-                d_p = math.sqrt(sp)
-                d_t = math.sqrt(st)
-                if d_t > rc:
-                    continue
-                r = d_t - d_p
-                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * r
-                e[owner[q]] += kr * r
-                w_ij = kr / (d_p if d_p > zero else one)
+                e[owner[q]] += term[q - lo]
+                w_ij = w[q - lo]
                 for c in range(dim):
                     v = w_ij * (pos[i, c] - pos[j, c])
                     g[i, c] += v
@@ -311,7 +325,7 @@ def _make_kernels(scheme: int, parallel: bool):
                                 dx, dy, dz = xi - pos[0, j], yi - pos[1, j], zi - pos[2, j]
                                 d_p = math.sqrt(dx * dx + dy * dy + dz * dz)
                                 r = d_t - d_p
-                                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme) * mask[j] * r
+                                kr = _spring(d_t, k0, aux, cut, inv_aux, scheme, False) * mask[j] * r
                                 e_i += kr * r
                                 w_ij = kr / (d_p if d_p > zero else one)
                                 ax += w_ij * dx

@@ -245,7 +245,7 @@ def _edge_energy_cpu(
         splits = _threads() if parallel else 1
         grad = torch.zeros(splits, *pred.shape, dtype=pred.dtype)
         energy = torch.zeros(splits, num, dtype=torch.float64)
-        flags = valid.to(torch.uint8) if valid is not None else torch.empty(0, dtype=torch.uint8)
+        flags = valid.to(torch.uint8) if valid is not None else torch.ones(n_edges, dtype=torch.uint8)
         if n_edges:
             _impl().KERNELS[scheme, parallel][1](
                 pred.contiguous().numpy(),

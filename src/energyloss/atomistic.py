@@ -105,10 +105,9 @@ def _check_edges(edges: Tensor, *, num_nodes: int, num_structures: int | None) -
         raise ValueError(f"edges must have shape {expected}, got {tuple(edges.shape)}")
     if edges.numel() == 0 or not value_checks_enabled(edges):
         return
-    if int(edges.min()) < 0 or int(edges.max()) >= num_nodes:
-        raise ValueError(
-            f"edges hold node indices in [{int(edges.min())}, {int(edges.max())}] but must lie in [0, {num_nodes})"
-        )
+    low, high = (int(v) for v in torch.aminmax(edges))
+    if low < 0 or high >= num_nodes:
+        raise ValueError(f"edges hold node indices in [{low}, {high}] but must lie in [0, {num_nodes})")
     src, dst = (edges[0], edges[1]) if shared else (edges[:, 0], edges[:, 1])
     if bool((src == dst).any()):
         raise ValueError("edges contain self-loops (i, i); list each pair of distinct atoms once")
@@ -308,8 +307,9 @@ def _edge_energy(
     coeff: Coefficients,
     batch_size: int | None = None,
     cutoff: float | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Energies, edge counts and atom counts per structure for edge lists over any layout.
+    count_pairs: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Energies, edge counts (if ``count_pairs``; else ``None``) and atom counts per structure for edge lists.
 
     Dense ``(B, N, D)`` batches are flattened to rows ``b * N + i`` so that one kernel serves every layout.
     """
@@ -340,6 +340,8 @@ def _edge_energy(
     if cutoff is not None and not fused:
         coeff = _Truncated(coeff, cutoff)
     energy = _EdgeEnergy.apply(rows_p, rows_t, src, dst, row_owner, num, valid, coeff, fused, cutoff)
+    if not count_pairs:
+        return energy, None, n_atoms
     edge_owner = torch.zeros_like(src) if row_owner is None else row_owner[src]
     kept = torch.ones_like(src, dtype=torch.bool) if valid is None else valid
     n_pairs = torch.zeros(num, dtype=torch.long, device=pred.device).index_add_(0, edge_owner, kept.long())
@@ -454,7 +456,15 @@ def pair_energy_loss(
         if edges is not None and batch is not None:
             _check_edges(edges, num_nodes=pred.shape[0], num_structures=None)
             energy, n_pairs, n_atoms = _edge_energy(
-                pred, target, edges, mask=None, batch=batch, coeff=coeff, batch_size=batch_size, cutoff=cutoff
+                pred,
+                target,
+                edges,
+                mask=None,
+                batch=batch,
+                coeff=coeff,
+                batch_size=batch_size,
+                cutoff=cutoff,
+                count_pairs=normalize == "pairs",
             )
             single = False
         else:
@@ -467,7 +477,14 @@ def pair_energy_loss(
             if edges is not None:
                 _check_edges(edges, num_nodes=n, num_structures=None if single else bsz)
                 energy, n_pairs, _ = _edge_energy(
-                    pred_b, target_b, edges, mask=mask_b, batch=None, coeff=coeff, cutoff=cutoff
+                    pred_b,
+                    target_b,
+                    edges,
+                    mask=mask_b,
+                    batch=None,
+                    coeff=coeff,
+                    cutoff=cutoff,
+                    count_pairs=normalize == "pairs",
                 )
             else:
                 n_pairs = None
@@ -491,7 +508,8 @@ def pair_energy_loss(
             if n_atoms is None:
                 n_atoms = n
         if undirected_edges:
-            energy, n_pairs = 0.5 * energy, n_pairs // 2
+            energy = 0.5 * energy
+            n_pairs = None if n_pairs is None else n_pairs // 2
 
         if normalize == "atoms":
             energy = energy / (max(n_atoms, 1) if isinstance(n_atoms, int) else n_atoms.clamp_min(1).to(energy.dtype))
