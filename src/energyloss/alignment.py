@@ -96,21 +96,17 @@ def _per_structure_mean(err: Tensor, mask: Tensor | None) -> Tensor:
     return err.sum((-1, -2)) / (mask.sum(-1) * err.shape[-1]).clamp_min(1).to(err.dtype)
 
 
-def _centred(x: Tensor, weights: Tensor | None, denom: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Centre ``x (B, N, D)`` (padded rows zero) in two passes; return it and the two shifts ``(B, 1, D)``.
+def _centred(x: Tensor, weights: Tensor | None, denom: Tensor) -> Tensor:
+    """Centre ``x (B, N, D)`` (padded rows zero) in two passes, with detached centroids; padded rows stay zero.
 
     Far from the origin the first centroid is rounded to the coarse float grid there (0.004 at 1e5 in float32) and
     would leave a shift; the second pass takes the mean of the small centred values, which is exact enough.
     """
-    first = x.sum(-2, keepdim=True) / denom
-    out = x - first
+    out = x - x.detach().sum(-2, keepdim=True) / denom
     if weights is not None:
-        out.mul_(weights)
-    second = out.sum(-2, keepdim=True) / denom
-    out.sub_(second)
-    if weights is not None:
-        out.mul_(weights)
-    return out, (first, second)
+        out = out * weights
+    out = out - out.detach().sum(-2, keepdim=True) / denom
+    return out if weights is None else out * weights
 
 
 def _counts(pred_b: Tensor, mask_b: Tensor | None) -> Tensor:
@@ -239,12 +235,9 @@ def kabsch_mse_loss(
         p = pred_b.to(dtype)
         weights = None if mask_b is None else mask_b.unsqueeze(-1).to(dtype)
         denom = counts.clamp_min(1).to(dtype)[:, None, None]
-        y_c, _ = _centred(target_b.detach().to(dtype), weights, denom)
-        p_detached, shifts = _centred(p.detach(), weights, denom)
-        p_c = p - shifts[0] - shifts[1]
-        if weights is not None:
-            p_c = p_c * weights
-        rot = _proper_rotation(y_c.mT @ p_detached)
+        y_c = _centred(target_b.detach().to(dtype), weights, denom)
+        p_c = _centred(p, weights, denom)  # the centroids are detached; the gradient passes through unchanged
+        rot = _proper_rotation(y_c.mT @ p_c.detach())
         err = (p_c - y_c @ rot.mT).square()
         per_structure = _per_structure_mean(err, mask_b).to(pred_b.dtype)
     return reduce_per_structure(per_structure, reduction, single=single, counts=counts)
