@@ -10,10 +10,15 @@ Functions for Physical Systems", NeurIPS 2025):
 - the sparse loss over globally rigid random graphs (:mod:`energyloss.rigidity`);
 - free-energy losses for Ising spins: :func:`local_field_energy_loss`, :func:`true_energy_loss` and baselines
   (:mod:`energyloss.spins`);
-- adapters for diffusion and flow-matching objectives (:mod:`energyloss.diffusion`).
+- adapters for diffusion and flow-matching objectives (:mod:`energyloss.diffusion`);
+- ``torch.nn.Module`` forms of the losses (:mod:`energyloss.nn`) and invariance checks for your own losses
+  (:mod:`energyloss.testing`, imported on demand).
 """
 
-from . import diffusion, rigidity, spins
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
+from . import diffusion, nn, rigidity, spins
 from .alignment import apply_rigid, kabsch_align, kabsch_mse_loss, mae_loss, mse_loss
 from .atomistic import pair_energy_loss
 from .coefficients import (
@@ -48,7 +53,10 @@ from .spins import (
     true_energy_loss,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = _version("energyloss")
+except _PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "COEFFICIENT_SCHEMES",
@@ -76,6 +84,7 @@ __all__ = [
     "mae_loss",
     "morse",
     "mse_loss",
+    "nn",
     "pair_energy_loss",
     "pairwise_distances",
     "random_regular_graph",
