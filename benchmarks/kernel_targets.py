@@ -85,7 +85,29 @@ def methods_for(case, pred, target, mask, n):
     return {m: table[m] for m in case["methods"]}
 
 
+def measure_spreads(case, repeats):
+    """One method on structures of several spreads, interleaved: the spread's own cost, free of machine drift."""
+    (method,) = case["methods"]
+    fns = {}
+    for spread in case["spreads"]:
+        pred, target, mask = inputs(case["batch"], case["n"], spread)
+        fns[f"{method} spread {spread:g}"] = (pred, methods_for(case, pred, target, mask, case["n"])[method])
+    times = {k: [] for k in fns}
+    for pred, fn in fns.values():
+        pred.grad = None
+        fn().backward()
+    for _ in range(case.get("repeats", repeats)):
+        for key, (pred, fn) in fns.items():
+            pred.grad = None
+            t0 = time.perf_counter()
+            fn().backward()
+            times[key].append(time.perf_counter() - t0)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
+
+
 def measure(case, repeats):
+    if "spreads" in case:
+        return measure_spreads(case, repeats)
     if "box" in case:  # uniform density (atoms per cubic length scale): a liquid-like structure
         n = case["n"]
         side = (n / case["box"]) ** (1 / 3)
@@ -132,21 +154,20 @@ CASES = [
     {"name": "N = 3,000", "batch": 1, "n": 3000, "methods": ["energy", "blocked", "naive", "mse"]},
     {"name": "N = 30,000", "batch": 1, "n": 30000, "methods": ["energy", "blocked", "mse"], "repeats": 3},
     {"name": "sparse N = 30,000", "batch": 1, "n": 30000, "methods": ["sparse", "sparse_torch", "mse"]},
-    {"name": "N = 8,000 spread 1", "batch": 1, "n": 8000, "methods": ["energy", "blocked"], "repeats": 5},
     {
-        "name": "N = 8,000 spread 12",
+        "name": "N = 8,000 by spread",
         "batch": 1,
         "n": 8000,
-        "spread": 12.0,
-        "methods": ["energy", "blocked"],
-        "repeats": 5,
+        "spreads": [1.0, 12.0, 40.0],
+        "methods": ["energy"],
+        "repeats": 7,
     },
     {
-        "name": "N = 8,000 spread 40",
+        "name": "N = 8,000 by spread, blocked",
         "batch": 1,
         "n": 8000,
-        "spread": 40.0,
-        "methods": ["energy", "blocked"],
+        "spreads": [1.0, 12.0, 40.0],
+        "methods": ["blocked"],
         "repeats": 5,
     },
     {"name": "Kabsch N = 30", "batch": 1, "n": 30, "methods": ["kabsch", "kabsch_authors", "mse"]},

@@ -52,7 +52,9 @@ def _exp_negative_impl(x, cut):
 
         def impl32(x, cut):
             xc = min(x, cut)
-            n = np.int32(xc * log2e + half)
+            # n <= 62 for x <= cut (exp_cutoff: 62.5 ln 2). The integer clamp is a guard: with the exponent at 63
+            # this loop ran 9x slower than at 62 (measured: assists on some lanes, though 2^-63 is a normal float).
+            n = min(np.int32(xc * log2e + half), 62)
             f = xc - np.float32(n) * ln2
             p = c[6]
             p = p * f + c[5]
@@ -80,7 +82,7 @@ def _exp_negative_impl(x, cut):
 
         def impl64(x, cut):
             xc = min(x, cut)
-            n = np.int64(xc * _LOG2E + 0.5)
+            n = min(np.int64(xc * _LOG2E + 0.5), 510)  # x <= cut gives n <= 510; clamped as in impl32
             f = xc - np.float64(n) * _LN2
             p = c[12]
             p = p * f + c[11]

@@ -52,17 +52,21 @@ DEFAULT_MIN_DISTANCE = 1e-6
 def exp_cutoff(dtype: torch.dtype) -> float:
     r"""Largest :math:`x = d / \ell` at which :class:`ExponentialCoefficients` still returns :math:`k_0 e^{-x}`.
 
-    Beyond it the spring is exactly 0. The cutoff is where :math:`e^{-x}` falls below the square root of the
-    smallest normal number of ``dtype`` (float32: :math:`x > 43.7`, :math:`e^{-x} < 1.1 \cdot 10^{-19}`; float64:
-    :math:`x > 354`): such a spring changes a sum that holds any pair within a few dozen length scales by less than
-    the rounding of the sum, and dropping it keeps every kernel clear of denormal (subnormal) floats, whose arithmetic
-    is up to a hundred times slower on x86 CPUs (``exp(-d)`` and the products ``k r^2`` of far pairs would underflow).
+    Beyond it the spring is exactly 0. The cutoff is where :math:`e^{-x}` falls to about the square root of the
+    smallest normal number of ``dtype``: :math:`x = (m + \tfrac12) \ln 2` with :math:`2^{-m}` just above that root
+    (float32: :math:`m = 62`, :math:`x = 43.3`, :math:`e^{-x} = 1.5 \cdot 10^{-19}`; float64: :math:`m = 510`,
+    :math:`x = 353.9`). Such a spring changes a sum that holds any pair within a few dozen length scales by less
+    than the rounding of the sum, and dropping it keeps every kernel clear of denormal (subnormal) floats, whose
+    arithmetic is up to a hundred times slower on x86 CPUs (``exp(-d)`` and the products ``k r^2`` of far pairs
+    would underflow). The half-integer power of two also bounds the exponent of the fused CPU kernel's inline
+    ``exp`` at :math:`m` (see :mod:`energyloss._numba_impl`).
 
     Example:
-        >>> round(exp_cutoff(torch.float32), 1), round(exp_cutoff(torch.float64), 1)
-        (43.7, 354.2)
+        >>> round(exp_cutoff(torch.float32), 2), round(exp_cutoff(torch.float64), 2)
+        (43.32, 353.86)
     """
-    return -0.5 * math.log(torch.finfo(dtype).tiny)
+    m = int(-math.log2(torch.finfo(dtype).tiny)) // 2 - 1
+    return (m + 0.5) * math.log(2.0)
 
 
 def _check_positive(name: str, value: float) -> None:
