@@ -14,7 +14,9 @@ import math
 import os
 import platform
 import random
+import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +33,7 @@ __all__ = [
     "markdown_table",
     "mean_std",
     "progress",
+    "remove_stale_temporaries",
     "seed_everything",
     "write_csv",
     "write_json",
@@ -47,6 +50,50 @@ def make_run_dir(out: str | os.PathLike | None, name: str, *, root: str | os.Pat
         path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+#: A temporary file older than this is stale whatever its process id says (ids are reused).
+STALE_TEMPORARY_SECONDS = 24 * 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, glob: str, pid_pattern: str) -> list[Path]:
+    r"""Delete the temporary files in ``folder`` left by writers that are gone, or that are over a day old.
+
+    ``glob`` selects candidates; ``pid_pattern`` is a regular expression whose first group is the writer's process
+    id in the file name. A live writer's file is kept. Returns the files removed.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = (Path(d) / "data.pt.tmp-999999999").write_text("")
+        ...     [p.name for p in remove_stale_temporaries(d, "*.tmp-*", r"\.tmp-(\d+)$")]
+        ['data.pt.tmp-999999999']
+    """
+    pattern = re.compile(pid_pattern)
+    removed = []
+    for tmp in Path(folder).glob(glob):
+        match = pattern.search(tmp.name)
+        if match is None or not tmp.is_file():
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMPORARY_SECONDS or not _pid_alive(int(match.group(1))):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # raced with its writer or another cleaner: nothing to do
+            continue
+    return removed
 
 
 def _jsonable(obj: Any) -> Any:

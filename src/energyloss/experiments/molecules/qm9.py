@@ -58,6 +58,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from energyloss.experiments import runs as _runs
+
 from .data import MoleculeDataset, Molecules, atomic_number, element_counts, node_count_histogram
 
 __all__ = [
@@ -396,42 +398,12 @@ def _manifest_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-#: A temporary file older than this is stale whatever its process id says (ids are reused).
-STALE_TEMPORARY_SECONDS = 24 * 3600
-_TEMPORARY = re.compile(r"\.tmp-(\d+)$")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
+STALE_TEMPORARY_SECONDS = _runs.STALE_TEMPORARY_SECONDS
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``*.tmp-<pid>`` files of :func:`_write_atomic` whose writer is gone (or that are over a day old).
-
-    A preparation killed while writing leaves its temporary file behind; a live writer's file is kept. Returns the
-    files removed.
-    """
-    removed = []
-    for tmp in Path(folder).glob("*.tmp-*"):
-        match = _TEMPORARY.search(tmp.name)
-        if match is None or not tmp.is_file():
-            continue
-        try:
-            old = time.time() - tmp.stat().st_mtime > STALE_TEMPORARY_SECONDS
-            if old or not _pid_alive(int(match.group(1))):
-                tmp.unlink()
-                removed.append(tmp)
-        except OSError:  # raced with its writer or another cleaner: nothing to do
-            continue
-    return removed
+    """Delete the ``*.tmp-<pid>`` files of :func:`_write_atomic` whose writer is gone (or that are over a day old)."""
+    return _runs.remove_stale_temporaries(folder, "*.tmp-*", r"\.tmp-(\d+)$")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:

@@ -18,13 +18,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from energyloss.experiments import runs as _runs
 from energyloss.experiments.runs import progress
 
 from . import solver
@@ -149,37 +149,12 @@ def _verify(data: dict[str, np.ndarray], spec: SpinDataSpec, path: Path) -> None
         raise ValueError(f"{path}: stored energies do not match the stored spins; delete it to regenerate")
 
 
-#: A temporary file older than this is stale whatever its process id says (ids are reused).
-STALE_TEMPORARY_SECONDS = 24 * 3600
-_TEMPORARY = re.compile(r"\.npz\.tmp(\d+)\.npz$")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # PermissionError: it exists, owned by someone else
-        return True
-    return True
+STALE_TEMPORARY_SECONDS = _runs.STALE_TEMPORARY_SECONDS
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary ``*.npz.tmp<pid>.npz`` files of writers that are gone (or over a day old)."""
-    removed = []
-    for tmp in Path(folder).glob("*.npz.tmp*.npz"):
-        match = _TEMPORARY.search(tmp.name)
-        if match is None or not tmp.is_file():
-            continue
-        try:
-            if time.time() - tmp.stat().st_mtime > STALE_TEMPORARY_SECONDS or not _pid_alive(int(match.group(1))):
-                tmp.unlink()
-                removed.append(tmp)
-        except OSError:  # raced with its writer or another cleaner
-            continue
-    return removed
+    return _runs.remove_stale_temporaries(folder, "*.npz.tmp*.npz", r"\.npz\.tmp(\d+)\.npz$")
 
 
 def _read(path: Path, spec: SpinDataSpec) -> dict[str, np.ndarray]:
