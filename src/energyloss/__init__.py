@@ -32,7 +32,7 @@ from .coefficients import (
     morse,
     resolve_coefficients,
 )
-from .geometry import center, centroid, pairwise_distances, safe_norm, to_dense_batch, to_ragged
+from .geometry import center, centroid, pairwise_distances, safe_norm, set_value_checks, to_dense_batch, to_ragged
 from .rigidity import (
     RigidGraphPool,
     is_globally_rigid,
@@ -91,6 +91,7 @@ __all__ = [
     "resolve_coefficients",
     "rigidity",
     "safe_norm",
+    "set_value_checks",
     "sparse_pair_energy_loss",
     "spin_cross_entropy_loss",
     "spin_margin_loss",
