@@ -85,3 +85,16 @@ def test_bad_k0(cls):
         cls(k0=-1.0)
     with pytest.raises(ValueError, match="length_scale"):
         ExponentialCoefficients(length_scale=0.0)
+
+
+def test_potential_coefficients_are_finite_for_coincident_target_atoms():
+    from functools import partial
+
+    from energyloss.coefficients import PotentialCoefficients, lennard_jones
+
+    k = PotentialCoefficients(partial(lennard_jones, epsilon=1.0))
+    out = k(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64))
+    assert torch.isfinite(out).all() and out[0] > 0
+    assert torch.allclose(out[1:], 72.0 / torch.tensor([1.0, 4.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="min_distance"):
+        PotentialCoefficients(lennard_jones, min_distance=0.0)

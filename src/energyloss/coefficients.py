@@ -199,6 +199,9 @@ class PotentialCoefficients:
         potential: elementwise, twice-differentiable torch function ``V(r, r0)`` or ``V(r)``.
         equilibrium: whether the potential takes the equilibrium distance as second argument.
         min_value: optional lower clamp of the resulting coefficients.
+        min_distance: target distances are clamped from below to this before the potential sees them, so that
+            coincident target atoms give a large finite spring instead of NaN (e.g. :func:`lennard_jones` at
+            :math:`r = r_0 = 0`); it never changes ordinary distances.
 
     Example:
         >>> from functools import partial
@@ -210,10 +213,17 @@ class PotentialCoefficients:
     potential: Callable[..., Tensor]
     equilibrium: bool = True
     min_value: float | None = None
+    min_distance: float = DEFAULT_MIN_DISTANCE
+
+    def __post_init__(self) -> None:
+        if not callable(self.potential):
+            raise TypeError(f"potential must be a callable V(r, r0) or V(r), got {type(self.potential).__name__}")
+        _check_positive("min_distance", self.min_distance)
 
     def __call__(self, distance: Tensor) -> Tensor:
+        distance = distance.detach().clamp_min(self.min_distance)
         with torch.enable_grad():
-            r = distance.detach().clone().requires_grad_(True)
+            r = distance.clone().requires_grad_(True)
             v = self.potential(r, distance.detach()) if self.equilibrium else self.potential(r)
             if not isinstance(v, Tensor) or v.shape != r.shape:
                 raise ValueError(
