@@ -109,3 +109,22 @@ def test_plain_autograd_modules_allow_double_backward(gen):
     (g,) = torch.autograd.grad(elnn.MSELoss()(p, y), p, create_graph=True)
     g.square().sum().backward()
     assert torch.isfinite(p.grad).all()
+
+
+def test_pair_energy_module_passes_cutoff_undirected_edges_and_ragged_hints():
+    import energyloss as el
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    i, j = torch.triu_indices(6, 6, offset=1)
+    two_way = torch.cat([torch.stack([i, j]), torch.stack([j, i])], 1)
+    module = el.nn.PairEnergyLoss(coefficients="exp", cutoff=2.0, undirected_edges=True)
+    expected = el.pair_energy_loss(x, y, coefficients="exp", cutoff=2.0)
+    assert torch.allclose(module(x, y, edges=two_way), expected)
+    batch = torch.tensor([0, 0, 0, 1, 1, 1])
+    plain = el.nn.PairEnergyLoss(coefficients="exp")
+    assert torch.allclose(plain(x, y, batch=batch, batch_size=2, max_num_nodes=3), plain(x, y, batch=batch))
+    with pytest.raises(ValueError, match="cutoff"):
+        el.nn.PairEnergyLoss(cutoff=-1.0)
+    with pytest.raises(ValueError, match="normalize='pairs'"):
+        el.nn.PairEnergyLoss(cutoff=1.0, normalize="pairs")

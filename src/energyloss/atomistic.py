@@ -93,6 +93,16 @@ def _check_options(normalize: str | None, reduction: str) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
+def check_cutoff(cutoff: float | None, normalize: str | None) -> None:
+    """Validate ``pair_energy_loss``'s ``cutoff`` (``None`` or a positive finite distance, not with ``"pairs"``)."""
+    if cutoff is None:
+        return
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 < cutoff < float("inf"):
+        raise ValueError(f"cutoff must be None or a positive finite distance, got {cutoff!r}")
+    if normalize == "pairs":
+        raise ValueError("cutoff cannot be combined with normalize='pairs' (kept pairs are not counted)")
+
+
 def _check_edges(edges: Tensor, *, num_nodes: int, num_structures: int | None) -> None:
     if not isinstance(edges, Tensor):
         raise TypeError(f"edges must be a LongTensor of shape (2, E), got {type(edges).__name__}")
@@ -442,11 +452,7 @@ def pair_energy_loss(
         raise ValueError(f"chunk_size must be None, 'auto' or a positive int, got {chunk_size!r}")
     if undirected_edges and edges is None:
         raise ValueError("undirected_edges=True needs an edges tensor")
-    if cutoff is not None:
-        if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 < cutoff < float("inf"):
-            raise ValueError(f"cutoff must be None or a positive finite distance, got {cutoff!r}")
-        if normalize == "pairs":
-            raise ValueError("cutoff cannot be combined with normalize='pairs' (kept pairs are not counted)")
+    check_cutoff(cutoff, normalize)
 
     compute_dtype = torch.promote_types(pred.dtype, torch.float32)
     with torch.autocast(device_type=pred.device.type, enabled=False):

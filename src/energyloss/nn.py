@@ -26,7 +26,7 @@ from numbers import Real
 from torch import Tensor, nn
 
 from .alignment import kabsch_mse_loss, mae_loss, mse_loss
-from .atomistic import pair_energy_loss
+from .atomistic import check_cutoff, pair_energy_loss
 from .coefficients import Coefficients, resolve_coefficients
 from .rigidity import RigidGraphPool, sparse_pair_energy_loss
 from .spins import (
@@ -89,9 +89,10 @@ def _check_pair_options(coefficients: object, normalize: object, reduction: obje
 class PairEnergyLoss(nn.Module):
     """Module form of :func:`energyloss.pair_energy_loss` (paper Eq. 7).
 
-    ``forward(pred, target, *, edges=None, mask=None, batch=None)`` returns
-    ``pair_energy_loss(pred, target, edges=edges, mask=mask, batch=batch, **options)``, for dense ``(B, N, D)``
-    batches with a ``mask``, ragged ``(M, D)`` rows with a PyG-style ``batch`` vector, or an edge list.
+    ``forward(pred, target, *, edges=None, mask=None, batch=None, batch_size=None, max_num_nodes=None)`` returns
+    ``pair_energy_loss(pred, target, edges=edges, mask=mask, batch=batch, ..., **options)``, for dense
+    ``(B, N, D)`` batches with a ``mask``, ragged ``(M, D)`` rows with a PyG-style ``batch`` vector (the two hints
+    spare a host synchronisation), or an edge list.
 
     First-order only: the loss is differentiable once (``loss.backward()``); a second derivative, as in
     ``torch.autograd.grad(loss, pred, create_graph=True)``, raises a ``RuntimeError``, because the kernels
@@ -104,9 +105,11 @@ class PairEnergyLoss(nn.Module):
         normalize: ``None``, ``"atoms"`` or ``"pairs"`` (per-structure normalisation).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"`` over structures.
         chunk_size: ``None``, ``"auto"`` or a positive int: the block size of the complete-graph kernel.
+        cutoff: ``None`` or a target distance beyond which pairs are dropped (short-range springs).
+        undirected_edges: the ``edges`` passed to ``forward`` list each pair in both directions (PyG).
 
     Raises:
-        ValueError: an unknown coefficient scheme, ``normalize``, ``reduction`` or ``chunk_size``.
+        ValueError: an unknown coefficient scheme, ``normalize``, ``reduction``, ``chunk_size`` or ``cutoff``.
         TypeError: ``coefficients`` neither a name nor a callable.
 
     Example:
@@ -124,14 +127,19 @@ class PairEnergyLoss(nn.Module):
         normalize: str | None = None,
         reduction: str = "mean",
         chunk_size: int | str | None = None,
+        cutoff: float | None = None,
+        undirected_edges: bool = False,
     ) -> None:
         super().__init__()
         _check_pair_options(coefficients, normalize, reduction)
         _check_chunk_size(chunk_size)
+        check_cutoff(cutoff, normalize)
         self.coefficients = coefficients
         self.normalize = normalize
         self.reduction = reduction
         self.chunk_size = chunk_size
+        self.cutoff = cutoff
+        self.undirected_edges = bool(undirected_edges)
 
     def forward(
         self,
@@ -141,6 +149,8 @@ class PairEnergyLoss(nn.Module):
         edges: Tensor | None = None,
         mask: Tensor | None = None,
         batch: Tensor | None = None,
+        batch_size: int | None = None,
+        max_num_nodes: int | None = None,
     ) -> Tensor:
         return pair_energy_loss(
             pred,
@@ -152,10 +162,15 @@ class PairEnergyLoss(nn.Module):
             normalize=self.normalize,
             reduction=self.reduction,
             chunk_size=self.chunk_size,
+            cutoff=self.cutoff,
+            undirected_edges=self.undirected_edges,
+            batch_size=batch_size,
+            max_num_nodes=max_num_nodes,
         )
 
     def extra_repr(self) -> str:
-        return f"coefficients={self.coefficients!r}, normalize={self.normalize!r}, reduction={self.reduction!r}"
+        text = f"coefficients={self.coefficients!r}, normalize={self.normalize!r}, reduction={self.reduction!r}"
+        return text + ("" if self.cutoff is None else f", cutoff={self.cutoff!r}")
 
 
 class _CoordinateLoss(nn.Module):
