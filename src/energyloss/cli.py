@@ -91,17 +91,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Energy loss functions for physical systems: experiments and tools.",
         epilog="Run 'energyloss run NAME --help' for the options of one experiment.",
     )
+    top.add_argument("--version", action="store_true", help="print the version and exit")
     top.add_argument("command", choices=["run", "list", *COMMANDS], help="what to do")
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         print("\nexperiments: " + ", ".join(EXPERIMENTS))
         return 0
+    if argv[0] == "--version":
+        from energyloss import __version__
+
+        print(f"energyloss {__version__}")
+        return 0
     ns = top.parse_args(argv[:1])
     rest = argv[1:]
     if ns.command == "list":
         return _list()
     if ns.command == "run":
+        if rest[:1] in (["-h"], ["--help"]):
+            print("usage: energyloss run NAME [--preset P] [--out DIR] [options]\n\nexperiments:")
+            _list()
+            print("\nRun 'energyloss run NAME --help' for the options of one experiment.")
+            return 0
         if not rest or rest[0].startswith("-"):
             top.error("run needs an experiment name: " + ", ".join(EXPERIMENTS))
         name, rest = rest[0], rest[1:]
