@@ -24,9 +24,23 @@ needs_triton = pytest.mark.skipif(
 SCRIPT = r"""
 import json, sys, torch
 from energyloss import _triton_kernels as K
-from energyloss.atomistic import _energy_and_grad
 from energyloss.coefficients import (ConstantCoefficients, ExponentialCoefficients, InverseCoefficients,
                                      InverseSquareCoefficients)
+from energyloss.geometry import pairwise_distances
+
+
+def reference(p, t, m, coeff):
+    # float64 autograd over all pairs: no p_i * sum(w) - sum(w p_j) cancellation (the blocked kernel's form, whose
+    # rounding varied from run to run with BLAS threading next to the 1.6e13 springs of coincident targets)
+    p = p.detach().double().clone().requires_grad_()
+    t = t.double()
+    d_p, d_t = pairwise_distances(p), pairwise_distances(t)
+    valid = ~torch.eye(p.shape[1], dtype=torch.bool)
+    if m is not None:
+        valid = valid & m[:, :, None] & m[:, None, :]
+    e = 0.5 * torch.where(valid, coeff(d_t) * (d_t - d_p) ** 2, 0.0).sum((-1, -2))
+    (grad,) = torch.autograd.grad(e.sum(), p)
+    return e.detach(), grad
 
 schemes = [ConstantCoefficients(k0=2.0), InverseCoefficients(k0=5.0), InverseSquareCoefficients(k0=16.0),
            ExponentialCoefficients(k0=42.0, length_scale=0.7)]
@@ -42,13 +56,13 @@ for dtype in (torch.float64, torch.float32):
         mask = torch.arange(37)[None] < torch.tensor([37, 20, 1])[:, None]
         for m in (None, mask):
             e, grad = K.pair_energy_and_grad(p, t, m, coeff, True, block_i=16, block_j=16)
-            e_ref, grad_ref = _energy_and_grad(p, t, m, coeff, 37, True)
+            e_ref, grad_ref = reference(p, t, m, coeff)
             e_only, none = K.pair_energy_and_grad(p, t, m, coeff, False, block_i=16, block_j=16)
             assert none is None and torch.equal(e_only, e)
             if m is not None:
                 assert torch.all(grad[m.logical_not()] == 0)
-            err = max(float(((e - e_ref).abs() / e_ref.abs().clamp_min(1e-30)).max()),
-                      float((grad - grad_ref).abs().max() / grad_ref.abs().max()))
+            err = max(float(((e.double() - e_ref).abs() / e_ref.abs().clamp_min(1e-30)).max()),
+                      float((grad.double() - grad_ref).abs().max() / grad_ref.abs().max()))
             key = str(dtype)
             worst[key] = max(worst.get(key, 0.0), err)
 print(json.dumps(worst))
