@@ -318,8 +318,10 @@ def _edge_energy(
     batch_size: int | None = None,
     cutoff: float | None = None,
     count_pairs: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor]:
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Energies, edge counts (if ``count_pairs``; else ``None``) and atom counts per structure for edge lists.
+
+    Atom counts are returned for ragged rows only (``None`` for a dense batch, whose caller has the mask).
 
     Dense ``(B, N, D)`` batches are flattened to rows ``b * N + i`` so that one kernel serves every layout.
     """
@@ -345,7 +347,7 @@ def _edge_energy(
         row_owner = torch.arange(bsz, device=pred.device).repeat_interleave(n) if bsz > 1 else None
         flat_mask = None if mask is None else mask.reshape(-1)
         valid = None if flat_mask is None else flat_mask[src] & flat_mask[dst]
-        n_atoms = torch.full((bsz,), n, device=pred.device) if mask is None else mask.sum(-1)
+        n_atoms = None
     fused = _numba_kernels.supports_edges(rows_p, coeff)
     if cutoff is not None and not fused:
         coeff = _Truncated(coeff, cutoff)
