@@ -18,6 +18,8 @@ from energyloss.coefficients import (
 )
 from energyloss.geometry import set_value_checks
 
+from conftest import dense_pair_reference
+
 needs_numba = pytest.mark.skipif(not _numba_kernels.available(), reason="needs numba")
 
 SCHEMES = [
@@ -26,21 +28,6 @@ SCHEMES = [
     InverseSquareCoefficients(k0=16.0),
     ExponentialCoefficients(k0=42.0, length_scale=0.7),
 ]
-
-
-def _reference(p, t, m, coeff):
-    """Energies and gradients in float64 by autograd over all pairs: a well-conditioned reference (the blocked
-    kernel's p_i * sum(w) - sum(w p_j) form cancels next to the 1.6e13 springs of coincident targets, and its
-    rounding there varies with BLAS threading)."""
-    p = p.detach().double().clone().requires_grad_()
-    t = t.double()
-    d_p, d_t = el.pairwise_distances(p), el.pairwise_distances(t)
-    valid = ~torch.eye(p.shape[1], dtype=torch.bool)
-    if m is not None:
-        valid = valid & m[:, :, None] & m[:, None, :]
-    e = 0.5 * torch.where(valid, coeff(d_t) * (d_t - d_p) ** 2, 0.0).sum((-1, -2))
-    (grad,) = torch.autograd.grad(e.sum(), p)
-    return e.detach(), grad
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,12 +49,12 @@ def _inputs(bsz, n, dim, dtype, seed=0):
 @pytest.mark.parametrize("coeff", SCHEMES, ids=lambda c: type(c).__name__)
 @pytest.mark.parametrize("dim", [1, 2, 3])
 @pytest.mark.parametrize("shape", [(3, 37), (20, 29), (1, 300)])
-def test_fused_pair_kernel_equals_the_reference(coeff, dim, shape):
+def test_fused_pair_kernel_equals_thedense_pair_reference(coeff, dim, shape):
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
         p, t, mask = _inputs(*shape, dim, dtype)
         for m in (None, mask):
             e, g = _numba_kernels.pair_energy_and_grad(p, t, m, coeff, True)
-            e_ref, g_ref = _reference(p, t, m, coeff)  # float64 on the same (float32-rounded) inputs
+            e_ref, g_ref = dense_pair_reference(p, t, m, coeff)  # float64 on the same (float32-rounded) inputs
             e_blk, g_blk = _energy_and_grad(p.double(), t.double(), m, coeff, shape[1], True)
             assert _rel(e_blk, e_ref) < 1e-9 and _rel(g_blk, g_ref) < 1e-9  # the blocked kernel agrees too
             assert e.dtype == dtype and g.dtype == dtype and g.shape == p.shape
@@ -81,7 +68,7 @@ def test_fused_pair_kernel_equals_the_reference(coeff, dim, shape):
 @needs_numba
 @pytest.mark.parametrize("coeff", SCHEMES, ids=lambda c: type(c).__name__)
 @pytest.mark.parametrize("n_edges", [50, 40_000])  # one task / split into per-thread tasks
-def test_fused_edge_kernel_equals_reference(coeff, n_edges):
+def test_fused_edge_kernel_equalsdense_pair_reference(coeff, n_edges):
     g = torch.Generator().manual_seed(1)
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
         rows = 500
@@ -110,7 +97,7 @@ def test_loss_takes_the_fused_path_and_matches_the_reference_with_gradients():
                 ref.backward()
                 ref_grad = b.grad
             else:  # the autograd reference (the blocked kernel is checked against it above)
-                energies, grads = _reference(p, t, kwargs.get("mask"), scheme)
+                energies, grads = dense_pair_reference(p, t, kwargs.get("mask"), scheme)
                 ref, ref_grad = energies.mean(), grads / p.shape[0]
             fused.backward()
             assert torch.allclose(fused, ref, rtol=1e-12, atol=0)
