@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +58,7 @@ def _load(module_name: str, what: str):
 
 
 def _run_parser(name: str, module) -> argparse.ArgumentParser:
+    """The parser of an experiment with its own ``add_arguments`` (not generated from a config dataclass)."""
     parser = argparse.ArgumentParser(
         prog=f"energyloss run {name}",
         description=getattr(module, "DESCRIPTION", None),
@@ -69,8 +72,41 @@ def _run_parser(name: str, module) -> argparse.ArgumentParser:
         help="named configuration: 'smoke' (fast check), 'default' (laptop CPU), 'paper' (paper settings)",
     )
     parser.add_argument("--out", default=None, help="run folder (default: a dated folder under runs/)", metavar="DIR")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     module.add_arguments(parser)
     return parser
+
+
+def _run_config_experiment(name: str, module, rest: list[str]) -> int:
+    """Parse, resolve and run an experiment whose options come from its config dataclass (:mod:`.options`)."""
+    from energyloss.experiments import options
+    from energyloss.experiments.runs import set_progress
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="default")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(rest)
+    prog = f"energyloss run {name}"
+    presets = module.PRESETS
+    preset = known.preset if known.preset in presets else "default"
+    try:
+        base = options.load_config_file(known.config, module.CONFIG) if known.config else presets[preset]
+    except ValueError as err:
+        argparse.ArgumentParser(prog=prog).error(str(err))
+    label = "config" if known.config else preset
+    parser = options.build_parser(prog, getattr(module, "DESCRIPTION", None), module, base, preset=label)
+    args = parser.parse_args(rest)
+    try:
+        cfg = options.resolve_config(args, module, base)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.print_config:
+        from energyloss.experiments.runs import _jsonable
+
+        print(json.dumps({"experiment": name, "preset": label, "config": _jsonable(cfg)}, indent=2))
+        return 0
+    set_progress(not args.no_progress)
+    return int(module.run_config(cfg, out=args.out, preset=label) or 0)
 
 
 def _list() -> int:
@@ -85,15 +121,50 @@ def _list() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``energyloss`` command; returns the exit status.
+
+    Errors are one line on stderr (exit 1; argparse errors exit 2); ``--debug`` anywhere shows the traceback.
+    Ctrl-C ends with the command that resumes the run (exit 130).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nenergyloss: interrupted" + _resume_hint(argv), file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError, ImportError, TypeError, KeyError) as err:
+        if debug:
+            raise
+        message = str(err) if not isinstance(err, KeyError) else f"missing key {err}"
+        print(f"energyloss: error: {message} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _resume_hint(argv: list[str]) -> str:
+    from energyloss.experiments.runs import current_run_folder
+
+    run_dir = current_run_folder()
+    if not argv or argv[0] != "run" or run_dir is None:
+        return ""
+    words = [w for w in argv if w != "--debug"]
+    if "--out" not in words and not any(w.startswith("--out=") for w in words):
+        words += ["--out", str(run_dir)]
+    return "; resume with:\n  energyloss " + " ".join(shlex.quote(w) for w in words)
+
+
+def _main(argv: list[str]) -> int:
     top = argparse.ArgumentParser(
         prog="energyloss",
         description="Energy loss functions for physical systems: experiments and tools.",
         epilog="Run 'energyloss run NAME --help' for the options of one experiment.",
     )
     top.add_argument("--version", action="store_true", help="print the version and exit")
+    top.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     top.add_argument("command", choices=["run", "list", *COMMANDS], help="what to do")
     top.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if argv[:1] == ["--debug"]:
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         print("\nexperiments: " + ", ".join(EXPERIMENTS))
@@ -119,10 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in EXPERIMENTS:
             top.error(f"unknown experiment {name!r}; choose from: " + ", ".join(EXPERIMENTS))
         module = _load(EXPERIMENTS[name], f"experiment {name!r}")
+        if hasattr(module, "CONFIG"):
+            return _run_config_experiment(name, module, rest)
         args = _run_parser(name, module).parse_args(rest)
         return int(module.run(args) or 0)
     module = _load(COMMANDS[ns.command], f"command {ns.command!r}")
     parser = argparse.ArgumentParser(prog=f"energyloss {ns.command}", description=module.DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)
 

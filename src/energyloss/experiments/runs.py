@@ -27,7 +27,21 @@ import torch
 T = TypeVar("T")
 
 __all__ = [
+    "JobStore",
+    "SettingsChanged",
     "apply_overrides",
+    "atomic_save",
+    "config_changes",
+    "current_run_folder",
+    "derive_seed",
+    "derived_generator",
+    "fingerprint",
+    "format_seconds",
+    "live_bars",
+    "log",
+    "open_run_folder",
+    "read_json",
+    "set_progress",
     "machine_info",
     "make_run_dir",
     "markdown_table",
@@ -116,26 +130,68 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` (dicts, lists, dataclasses, tensors, numpy scalars) as indented JSON."""
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_save(path: str | os.PathLike, save: Any) -> Path:
+    """Call ``save(tmp_path)`` and rename the result onto ``path`` (e.g. ``lambda p: torch.save(state, p)``)."""
     path = Path(path)
-    path.write_text(json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return path
 
 
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` (dicts, lists, dataclasses, tensors, numpy scalars) as indented JSON, atomically."""
+    path = Path(path)
+    _atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_json(path: str | os.PathLike, *, what: str = "state file") -> Any | None:
+    """The JSON content of ``path``; ``None`` when it is missing, or corrupt (then one warning line names it).
+
+    Resume logic reads its state through this: a truncated or corrupt file is reported and redone, never a crash.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        log(f"warning: corrupt {what} {path} ({type(err).__name__}: {err}); it is redone")
+        return None
+
+
 def write_csv(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> Path:
-    """Write a list of flat records as CSV; the header is the union of keys in first-seen order."""
+    """Write a list of flat records as CSV (atomically); the header is the union of keys in first-seen order."""
+    import io
+
     path = Path(path)
     keys: list[str] = []
     for rec in records:
         for k in rec:
             if k not in keys:
                 keys.append(k)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        for rec in records:
-            writer.writerow({k: _jsonable(rec.get(k)) for k in keys})
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for rec in records:
+        writer.writerow({k: _jsonable(rec.get(k)) for k in keys})
+    _atomic_write_text(path, buffer.getvalue())
     return path
 
 
@@ -185,28 +241,234 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 def write_summary(run_dir: str | os.PathLike, text: str, *, echo: bool = True) -> Path:
     """Write ``summary.md`` into the run folder and print it."""
     path = Path(run_dir) / "summary.md"
-    path.write_text(text.rstrip() + "\n")
+    _atomic_write_text(path, text.rstrip() + "\n")
     if echo:
         print(text)
     return path
 
 
-def progress(iterable: Iterable[T], *, desc: str = "", total: int | None = None, disable: bool = False) -> Iterator[T]:
-    """A progress bar over ``iterable``: tqdm when installed, otherwise plain periodic lines on stderr."""
+#: ``set_progress(False)`` (``--no-progress``) turns live bars into plain lines for the whole process.
+_PROGRESS = {"bars": True}
+_START = time.monotonic()
+
+
+def set_progress(bars: bool) -> None:
+    """Allow (``True``) or forbid live progress bars; plain progress lines are printed either way."""
+    _PROGRESS["bars"] = bool(bars)
+
+
+def live_bars() -> bool:
+    """Whether live bars may be drawn: stderr is a terminal, ``TQDM_DISABLE`` is unset, not ``--no-progress``,
+    and this is not a worker process (workers never draw into a shared stream)."""
+    import multiprocessing
+
+    if not _PROGRESS["bars"] or os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false"):
+        return False
+    if multiprocessing.parent_process() is not None:
+        return False
     try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is in the experiments extra
-        tqdm = None
-    if tqdm is not None:
-        yield from tqdm(iterable, desc=desc, total=total, disable=disable, dynamic_ncols=True, leave=False)
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def format_seconds(seconds: float) -> str:
+    """``75`` -> ``'1m15s'``; ``4000`` -> ``'1h06m'``; ``9.5`` -> ``'9.5s'``.
+
+    >>> format_seconds(75), format_seconds(4000), format_seconds(9.5)
+    ('1m15s', '1h06m', '9.5s')
+    """
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def log(message: str) -> None:
+    """One plain line on stderr, flushed (progress, resume notes, warnings)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def progress(
+    iterable: Iterable[T],
+    *,
+    desc: str = "",
+    total: int | None = None,
+    disable: bool = False,
+    lines: int = 10,
+) -> Iterator[T]:
+    """Iterate with progress output that suits the stream.
+
+    A live tqdm bar when :func:`live_bars` allows it; otherwise up to ``lines`` plain lines on stderr, each with the
+    count, elapsed time and an estimate of the time left (every item when ``total <= lines``). ``disable`` prints
+    nothing.
+    """
+    if disable:
+        yield from iterable
         return
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    step = max(1, (total or 10) // 10)
-    for i, item in enumerate(iterable):
-        if not disable and i % step == 0:
-            print(f"{desc} {i}/{total if total is not None else '?'}", file=sys.stderr)
+    if live_bars():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is in the experiments extra
+            tqdm = None
+        if tqdm is not None:
+            yield from tqdm(iterable, desc=desc, total=total, dynamic_ncols=True, leave=False)
+            return
+    start = time.monotonic()
+    step = 1 if total is None or total <= lines else max(1, math.ceil(total / lines))
+    done = 0
+    for item in iterable:
         yield item
+        done += 1
+        if done % step == 0 or done == total:
+            elapsed = time.monotonic() - start
+            left = f", {format_seconds(elapsed / done * (total - done))} left" if total else ""
+            log(f"{desc} {done}/{total if total is not None else '?'} ({format_seconds(elapsed)}{left})")
+
+
+def fingerprint(obj: Any) -> str:
+    """A short stable hash of ``obj``'s JSON form (dataclasses, mappings, sequences, numbers, strings).
+
+    >>> fingerprint({"a": 1, "b": (2, 3)}) == fingerprint({"b": [2, 3], "a": 1})
+    True
+    """
+    import hashlib
+
+    text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], *, keys: Iterable[str] | None = None) -> list[str]:
+    """``["size: 6 -> 4", ...]`` for the settings (``keys``, default all) that differ between two configs.
+
+    >>> config_changes({"size": 6, "lr": 0.1}, {"size": 4, "lr": 0.1})
+    ['size: 6 -> 4']
+    """
+    old, new = _jsonable(old), _jsonable(new)
+    names = list(keys) if keys is not None else sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in names if old.get(k) != new.get(k)]
+
+
+class SettingsChanged(ValueError):
+    """A run folder holds a run with other settings than the ones asked for."""
+
+
+class JobStore:
+    """Finished jobs of a run, one JSON file each under ``folder``, keyed by name and settings fingerprint.
+
+    :meth:`load` returns a saved result only if it was produced with the same fingerprint; a file with another
+    fingerprint is redone (and overwritten), a corrupt one is reported with its path and redone. Every file is
+    written atomically, so an interrupted run leaves whole files or none.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     store = JobStore(d)
+        ...     _ = store.save("a", "fp1", {"x": 1})
+        ...     store.load("a", "fp1"), store.load("a", "fp2")
+        ({'x': 1}, None)
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder, "*.tmp-*", r"\.tmp-(\d+)$")
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.json"
+
+    def load(self, name: str, fp: str) -> dict[str, Any] | None:
+        saved = read_json(self.path(name), what="job file")
+        if not isinstance(saved, dict) or saved.get("fingerprint") != fp or "result" not in saved:
+            return None
+        return saved["result"]
+
+    def save(self, name: str, fp: str, result: Mapping[str, Any]) -> Path:
+        return write_json(self.path(name), {"fingerprint": fp, "result": result})
+
+
+def open_run_folder(
+    out: str | os.PathLike | None,
+    experiment: str,
+    config: Any,
+    *,
+    preset: str | None = None,
+    fixed: Iterable[str] = (),
+    argv: Sequence[str] | None = None,
+) -> Path:
+    """Create or reopen a run folder and write its ``config.json`` (the resolved config, fingerprint, machine).
+
+    Reopening a folder compares the stored config with ``config``: a change of a ``fixed`` setting raises
+    :class:`SettingsChanged` naming the settings (such a run cannot be continued); other changes are reported
+    in one line and the experiment redoes whatever depends on them (its jobs carry their own fingerprints).
+    The folder is remembered for the interrupt message of the command line (:func:`current_run_folder`).
+    """
+    run_dir = make_run_dir(out, experiment)
+    cfg = _jsonable(config)
+    old = read_json(run_dir / "config.json", what="config file")
+    if isinstance(old, dict) and isinstance(old.get("config"), dict):
+        changed = config_changes(old["config"], cfg, keys=[k for k in fixed if k in old["config"] or k in cfg])
+        if changed:
+            raise SettingsChanged(
+                f"run folder {run_dir} holds a run with other settings ({'; '.join(changed)}); "
+                "continue it with its own settings (--config " + str(run_dir / "config.json") + ") "
+                "or choose another --out"
+            )
+        other = config_changes(old["config"], cfg)
+        if other:
+            log(
+                f"{run_dir}: settings changed since the last run here ({'; '.join(other)}); work done with the "
+                "old settings is redone where they matter"
+            )
+    write_json(
+        run_dir / "config.json",
+        {
+            "experiment": experiment,
+            "preset": preset,
+            "config": cfg,
+            "fingerprint": fingerprint(cfg),
+            "machine": machine_info(),
+            "argv": list(sys.argv if argv is None else argv),
+        },
+    )
+    _CURRENT["run_dir"] = run_dir
+    return run_dir
+
+
+_CURRENT: dict[str, Path | None] = {"run_dir": None}
+
+
+def current_run_folder() -> Path | None:
+    """The run folder opened last in this process (for the command line's resume hint), or ``None``."""
+    return _CURRENT["run_dir"]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on ``parts`` (ints and strings), stable across runs and platforms.
+
+    >>> derive_seed(0, "order") == derive_seed(0, "order") != derive_seed(1, "order")
+    True
+    """
+    words: list[int] = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool) and part >= 0:
+            words.append(part)
+        else:
+            data = str(part).encode()
+            words.extend([len(data), *data])
+    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+
+
+def derived_generator(*parts: object) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts`` (independent streams)."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 def seed_everything(seed: int) -> torch.Generator:
