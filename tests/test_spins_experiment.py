@@ -1,5 +1,7 @@
 """Tests of the spin-glass experiment: exact ground-state solvers, the data cache, the CNN, the CLI run."""
 
+import csv
+import dataclasses
 import json
 import os
 import re
@@ -266,8 +268,57 @@ def test_presets_are_valid():
     paper = PRESETS["paper"]
     assert (paper.n_train, paper.n_test, paper.size, paper.channels, paper.depth) == (10_000, 10_000, 16, 256, 6)
     assert (paper.batch_size, paper.lr, paper.temperature) == (256, 1e-3, 0.1)
-    with pytest.raises(ValueError, match="unknown losses"):
-        SpinsConfig(losses=("mse",))
+    for preset in PRESETS.values():
+        assert preset.validate() == preset
+    with pytest.raises(ValueError, match="--losses: unknown spin loss 'mse'; choose from cross_entropy"):
+        SpinsConfig(losses=("mse",)).validate()
+
+
+def test_one_list_of_spin_losses():
+    from energyloss.experiments.losses import SPIN_LOSSES
+
+    assert list(LOSSES) == list(SPIN_LOSSES)
+    config = SpinsConfig()
+    for name in SPIN_LOSSES:  # every name of the vocabulary has an implementation
+        assert callable(make_loss(name, config))
+    with pytest.raises(ValueError, match="unknown spin loss 'mse'; choose from cross_entropy, margin"):
+        make_loss("mse", config)
+    assert SpinsConfig(losses=("margin-flip",)).validate().losses == ("margin_flip",)
+
+
+def test_job_fingerprint_covers_the_settings_that_change_a_result():
+    from energyloss.experiments.runs import fingerprint
+    from energyloss.experiments.spins.train import job_settings
+
+    base = PRESETS["smoke"]
+    fp = fingerprint(job_settings(base, "margin", 0))
+    same = [{"workers": 2}, {"threads": 3}, {"cache_dir": "elsewhere"}, {"losses": ("margin",)}, {"seeds": (0, 1)}]
+    for change in same:
+        assert fingerprint(job_settings(dataclasses.replace(base, **change), "margin", 0)) == fp, change
+    other = [
+        {"size": 4},
+        {"periodic": True},
+        {"n_train": 63},
+        {"n_val": 15},
+        {"n_test": 31},
+        {"data_seed": 1},
+        {"channels": 9},
+        {"depth": 3},
+        {"batch_size": 16},
+        {"lr": 3e-3},
+        {"max_epochs": 3},
+        {"patience": 1},
+        {"temperature": 0.2},
+        {"h0": 4.5},
+        {"margin": 0.5},
+        {"device": "cuda"},
+        {"amp": True},
+        {"time_limit": 10.0},
+    ]
+    for change in other:
+        assert fingerprint(job_settings(dataclasses.replace(base, **change), "margin", 0)) != fp, change
+    assert fingerprint(job_settings(base, "margin", 1)) != fp
+    assert fingerprint(job_settings(base, "cross_entropy", 0)) != fp
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -293,3 +344,94 @@ def test_cli_smoke_run_and_resume(tmp_path, monkeypatch):
     stamp = (out / "jobs" / "cross_entropy-seed0.json").stat().st_mtime_ns
     assert main(["run", "spins", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
     assert (out / "jobs" / "cross_entropy-seed0.json").stat().st_mtime_ns == stamp
+
+
+def _spins(*argv) -> int:
+    from energyloss.cli import main
+
+    return main(["run", "spins", "--preset", "smoke", "--no-progress", *map(str, argv)])
+
+
+def _records(out) -> list[dict]:
+    with open(out / "records.csv") as fh:
+        return [{k: v for k, v in row.items() if k != "train_seconds"} for row in csv.DictReader(fh)]
+
+
+def test_changed_settings_in_the_same_folder_are_redone_never_mixed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    out, fresh = tmp_path / "run", tmp_path / "fresh"
+    losses = ("--losses", "cross_entropy,margin")
+    assert _spins("--out", out, *losses) == 0
+    assert "(6x6" in capsys.readouterr().out
+    assert _spins("--out", out, "--size", 4, *losses) == 0
+    captured = capsys.readouterr()
+    assert "size: 6 -> 4" in captured.err  # the change is reported ...
+    assert "0 finished jobs kept, 2 to run (2 of them saved with other settings" in captured.err  # ... and redone
+    assert "## Spin-glass ground states (4x4, open boundaries)" in captured.out
+    assert "(4x4" in (out / "summary.md").read_text()
+    assert _spins("--out", fresh, "--size", 4, *losses) == 0
+    assert _records(out) == _records(fresh)  # the numbers are those of a 4x4 run, nothing of the 6x6 one
+    assert json.loads((out / "config.json").read_text())["config"]["size"] == 4
+    # settings that never change a result (threads here) keep the finished jobs
+    capsys.readouterr()
+    assert _spins("--out", out, "--size", 4, "--threads", 2, *losses) == 0
+    assert "resuming: 2 finished jobs kept, 0 to run" in capsys.readouterr().err
+    assert _records(out) == _records(fresh)
+
+
+def test_truncated_job_file_is_reported_and_redone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert _spins("--out", out, "--losses", "margin,true_energy") == 0
+    before = _records(out)
+    job = out / "jobs" / "margin-seed0.json"
+    job.write_text(job.read_text()[:50])  # an interrupted writer of the old code left half a file
+    capsys.readouterr()
+    assert _spins("--out", out, "--losses", "margin,true_energy") == 0
+    err = capsys.readouterr().err
+    assert f"corrupt job file {job}" in err and "it is redone" in err
+    assert "1 finished jobs kept, 1 to run" in err
+    assert json.loads(job.read_text())["result"]["record"]["loss"] == "margin"
+    assert _records(out) == before
+    assert not list((out / "jobs").glob("*.tmp-*"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-epochs", "-3"], "--max-epochs: must be a positive integer, got -3"),
+        (["--losses", "foo"], "--losses: unknown spin loss 'foo'; choose from cross_entropy"),
+        (["--losses", "none"], "--losses: give at least one loss"),
+        (["--losses", "margin,margin"], "--losses: a loss is given twice"),
+        (["--size", "1"], "--size: the lattice side must be >= 2"),
+        (["--n-test", "0"], "--n-test: must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["--workers", "0"], "--workers: must be a positive integer"),
+        (["--temperature", "0"], "--temperature: must be a positive number"),
+        (["--temperature", "nan"], "--temperature: must be a positive number"),
+        (["--seeds", "none"], "--seeds: give at least one seed"),
+        (["--time-limit", "-1"], "--time-limit: must be positive"),
+        (["--device", "gpu7"], "--device: not a torch device"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    from energyloss.cli import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "spins", "--preset", "smoke", "--out", str(out), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_print_config(capsys):
+    from energyloss.cli import main
+    from energyloss.experiments.options import config_from_json
+
+    assert main(["run", "spins", "--preset", "smoke", "--print-config", "--size", "4", "--losses", "margin-flip"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["experiment"] == "spins" and shown["preset"] == "smoke"
+    expected = dataclasses.replace(PRESETS["smoke"], size=4, losses=("margin_flip",))
+    assert config_from_json(SpinsConfig, shown["config"]) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from energyloss import pair_energy_loss
@@ -37,3 +38,40 @@ def test_memory_skip_and_cli_run(tmp_path):
     assert all(r["ms"] > 0 for r in records if not r.get("skipped"))
     summary = (out / "summary.md").read_text()
     assert "naive / energy" in summary and "skipped (memory)" in summary and "4 x 29 (padded)" in summary
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--repeats", "0"], "--repeats: must be a positive integer, got 0"),
+        (["--repeats", "-2"], "--repeats: must be a positive integer, got -2"),
+        (["--sizes", "30,-5"], "--sizes: every N must be a positive integer"),
+        (["--sizes", "none"], "--sizes: give at least one number of atoms"),
+        (["--dim", "0"], "--dim: must be a positive integer"),
+        (["--qm9-batch", "-1"], "--qm9-batch: must be >= 0"),
+        (["--threads", "-1"], "--threads: must be >= 0"),
+        (["--max-cell-seconds", "0"], "--max-cell-seconds: must be a positive number"),
+        (["--memory-limit-gb", "-1"], "--memory-limit-gb: must be >= 0"),
+        (["--methods", "mse", "fast_energy"], "--methods: unknown method 'fast_energy'; choose from mse, kabsch_mse"),
+        (["--methods", "none"], "--methods: give at least one method"),
+        (["--device", "tpu0"], "--device: not a torch device"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "timing", "--preset", "smoke", "--out", str(out), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_print_config(capsys):
+    assert main(["run", "timing", "--preset", "smoke", "--print-config", "--sizes", "10,20", "--in-process"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["experiment"] == "timing" and shown["preset"] == "smoke"
+    assert shown["config"]["sizes"] == [10, 20] and shown["config"]["in_process"] is True
+    assert shown["config"]["methods"] == list(timing.PRESETS["smoke"].methods)
+    for preset in timing.PRESETS.values():
+        assert preset.validate() == preset

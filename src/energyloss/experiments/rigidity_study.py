@@ -14,20 +14,21 @@ else is in the grid. When n * k is odd no k-regular graph exists and one vertex 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from energyloss.experiments.runs import (
-    apply_overrides,
-    machine_info,
-    make_run_dir,
+    JobStore,
+    atomic_save,
+    derive_seed,
+    fingerprint,
+    log,
     markdown_table,
+    open_run_folder,
     progress,
     write_csv,
     write_json,
@@ -35,23 +36,83 @@ from energyloss.experiments.runs import (
 )
 from energyloss.rigidity import is_globally_rigid, is_rigid, random_regular_graph
 
-__all__ = ["DESCRIPTION", "PRESETS", "RigidityConfig", "add_arguments", "run", "run_setting", "wilson_interval"]
+__all__ = [
+    "CONFIG",
+    "DESCRIPTION",
+    "OPTION_HELP",
+    "PRESETS",
+    "RigidityConfig",
+    "run_config",
+    "run_setting",
+    "wilson_interval",
+]
 
 DESCRIPTION = "fraction of globally rigid random k-regular graphs over n, k, d (paper App. A.5, Fig. 5)"
 
 
 @dataclasses.dataclass(frozen=True)
 class RigidityConfig:
-    """A grid ``ns x ks x ds`` with ``graphs`` graphs per setting, plus ``extra`` settings ``(n, k, d, graphs)``."""
+    """A grid ``ns x ks x ds`` with ``graphs`` graphs per setting, plus ``extra`` settings ``(n, k, d, graphs)``.
 
-    ns: tuple[int, ...]
-    ks: tuple[int, ...]
-    ds: tuple[int, ...]
-    graphs: int
+    ``threads`` (torch threads) never changes a result.
+    """
+
+    ns: tuple[int, ...] = (6, 8, 10, 12, 16, 32, 64)
+    ks: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    ds: tuple[int, ...] = (2, 3)
+    graphs: int = 200
     extra: tuple[tuple[int, int, int, int], ...] = ((30, 6, 3, 1000),)
     trials: int = 2
     seed: int = 0
+    threads: int = 1
 
+    def validate(self) -> RigidityConfig:
+        """Raise ``ValueError`` naming the first bad option (as its flag); return ``self``."""
+        for name in ("ns", "ks", "ds"):
+            values = getattr(self, name)
+            if any(v < 1 for v in values):
+                raise ValueError(f"--{name}: every value must be a positive integer, got {_show_ints(values)}")
+            if len(set(values)) != len(values):
+                raise ValueError(f"--{name}: a value is given twice in {_show_ints(values)}")
+        for name in ("graphs", "trials", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"--seed: must be >= 0, got {self.seed}")
+        for item in self.extra:
+            if len(item) != 4 or any(v < 1 for v in item):
+                raise ValueError(f"--extra: settings are n:k:d:graphs of positive integers, got {_show_extra(item)}")
+        if not (self.ns and self.ks and self.ds) and not self.extra:
+            raise ValueError("--ns, --ks, --ds, --extra: no setting to run (the grid is empty and there are no extras)")
+        return self
+
+
+def _show_ints(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values)) or "none"
+
+
+def _show_extra(item: tuple[int, ...]) -> str:
+    return ":".join(map(str, item))
+
+
+def _parse_extra(texts: list[str]) -> tuple[tuple[int, int, int, int], ...]:
+    """``["30:6:3:1000,12:6:3:5"]`` (comma- or space-separated; ``none`` or nothing: no extra settings)."""
+    items = [p.strip() for t in texts for p in t.split(",") if p.strip()]
+    if len(items) == 1 and items[0].lower() in ("none", "null"):
+        return ()
+    out = []
+    for item in items:
+        try:
+            parts = tuple(int(v) for v in item.split(":"))
+        except ValueError:
+            parts = ()
+        if len(parts) != 4:
+            raise ValueError(f"--extra: settings are n:k:d:graphs, got {item!r}")
+        out.append(parts)
+    return tuple(out)
+
+
+CONFIG = RigidityConfig
 
 PRESETS: dict[str, RigidityConfig] = {
     # seconds: a handful of small graphs; checks the plumbing only
@@ -61,6 +122,38 @@ PRESETS: dict[str, RigidityConfig] = {
     # the authors' grid (rigidity/main.py: n in 8..128, k in 3..7) in 2-D and 3-D with 1000 graphs per setting
     "paper": RigidityConfig(ns=(8, 16, 32, 64, 128), ks=(3, 4, 5, 6, 7), ds=(2, 3), graphs=1000),
 }
+
+OPTION_HELP: dict[str, str] = {
+    "ns": "numbers of vertices n",
+    "ks": "degrees k",
+    "ds": "dimensions d",
+    "graphs": "random graphs per (n, k, d) of the grid",
+    "trials": "random placements per rigidity test (True answers are exact)",
+    "seed": "base seed (each setting's generator is seeded from (seed, n, k, d))",
+    "threads": "torch threads",
+}
+#: ``extra`` is a list of 4-tuples, which the generated options do not parse: its option is added by hand.
+OPTION_EXCLUDE = ("extra",)
+
+
+def add_extra_arguments(group) -> None:
+    """The ``--extra`` option (its help shows each preset's value: the generated ones show the chosen preset's)."""
+    shown = "; ".join(f"{name} {','.join(map(_show_extra, cfg.extra)) or 'none'}" for name, cfg in PRESETS.items())
+    group.add_argument(
+        "--extra",
+        dest="extra_settings",
+        nargs="*",
+        default=None,
+        metavar="N:K:D:GRAPHS",
+        help=f"extra settings on top of the grid, e.g. 30:6:3:1000 (none: no extras) [presets: {shown}]",
+    )
+
+
+def extra_overrides(args, cfg: RigidityConfig) -> dict:
+    """``--extra`` -> ``{"extra": ...}`` when given."""
+    if getattr(args, "extra_settings", None) is None:
+        return {}
+    return {"extra": _parse_extra(args.extra_settings)}
 
 
 def wilson_interval(successes: int, total: int, *, z: float = 1.96) -> tuple[float, float]:
@@ -78,10 +171,6 @@ def wilson_interval(successes: int, total: int, *, z: float = 1.96) -> tuple[flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _setting_seed(seed: int, n: int, k: int, d: int) -> int:
-    return int(np.random.SeedSequence([seed, n, k, d]).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
-
-
 def run_setting(n: int, k: int, d: int, graphs: int, *, seed: int = 0, trials: int = 2) -> dict:
     """Draw ``graphs`` random k-regular graphs on n vertices and count the rigid and globally rigid ones in d-D.
 
@@ -89,7 +178,7 @@ def run_setting(n: int, k: int, d: int, graphs: int, *, seed: int = 0, trials: i
     >>> rec["graphs"], rec["globally_rigid"] <= rec["rigid"] <= 3
     (3, True)
     """
-    gen = torch.Generator().manual_seed(_setting_seed(seed, n, k, d))
+    gen = torch.Generator().manual_seed(derive_seed(seed, n, k, d))
     rigid = globally = 0
     edges_count = 0
     start = time.perf_counter()
@@ -120,36 +209,6 @@ def run_setting(n: int, k: int, d: int, graphs: int, *, seed: int = 0, trials: i
     }
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
-def _extra(text: str) -> tuple[tuple[int, int, int, int], ...]:
-    out = []
-    for item in text.split(","):
-        if item.strip():
-            parts = tuple(int(v) for v in item.split(":"))
-            if len(parts) != 4:
-                raise argparse.ArgumentTypeError(f"extra settings are n:k:d:graphs, got {item!r}")
-            out.append(parts)
-    return tuple(out)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``energyloss run rigidity``; unset options keep the preset's value."""
-    parser.add_argument("--ns", type=_ints, help="comma-separated numbers of vertices n")
-    parser.add_argument("--ks", type=_ints, help="comma-separated degrees k")
-    parser.add_argument("--ds", type=_ints, help="comma-separated dimensions d")
-    parser.add_argument("--graphs", type=int, help="random graphs per (n, k, d) of the grid")
-    parser.add_argument(
-        "--extra", type=_extra, help="extra settings n:k:d:graphs, comma-separated ('' for none), e.g. 30:6:3:1000"
-    )
-    parser.add_argument("--trials", type=int, help="random placements per rigidity test (True answers are exact)")
-    parser.add_argument("--seed", type=int, help="base seed")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def _plot(run_dir: Path, records: list[dict], config: RigidityConfig) -> Path | None:
     try:
         import matplotlib
@@ -157,7 +216,7 @@ def _plot(run_dir: Path, records: list[dict], config: RigidityConfig) -> Path | 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no figure (pip install 'energyloss[plots]')")
+        log("matplotlib not installed: no figure (pip install 'energyloss[plots]')")
         return None
     ds = sorted({r["d"] for r in records})
     fig, axes = plt.subplots(2, len(ds), figsize=(5 * len(ds), 7), squeeze=False, sharey=True)
@@ -191,7 +250,7 @@ def _plot(run_dir: Path, records: list[dict], config: RigidityConfig) -> Path | 
             ax.legend(fontsize=8)
     fig.tight_layout()
     path = run_dir / "rigidity.png"
-    fig.savefig(path, dpi=120)
+    atomic_save(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -239,22 +298,40 @@ def _summary(records: list[dict], config: RigidityConfig, seconds: float, figure
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(RigidityConfig)}
-    config = apply_overrides(PRESETS[args.preset], {k: v for k, v in vars(args).items() if k in fields})
-    torch.set_num_threads(max(1, int(getattr(args, "threads", 1) or 1)))
-    run_dir = make_run_dir(args.out, "rigidity")
-    write_json(run_dir / "config.json", {"preset": args.preset, "config": config, "machine": machine_info()})
-    print(f"rigidity: preset {args.preset!r}, run folder {run_dir}")
+#: Bump when :func:`run_setting` changes what it returns for the same arguments.
+SETTING_FORMAT = 1
+
+
+def run_config(config: RigidityConfig, *, out: str | None, preset: str) -> int:
+    """Run every setting of ``config`` into the run folder ``out``.
+
+    Each setting's record is kept in ``settings/`` with the fingerprint of its arguments ``(n, k, d, graphs,
+    seed, trials)``: a rerun in the same folder keeps the finished settings (their ``ms_per_graph`` is that of
+    the run that measured them) and runs the others.
+    """
+    torch.set_num_threads(config.threads)
+    run_dir = open_run_folder(out, "rigidity", config, preset=preset)
+    store = JobStore(run_dir / "settings")
+    log(f"rigidity: preset {preset!r}, run folder {run_dir}")
     settings = [(n, k, d, config.graphs, True) for d in config.ds for n in config.ns for k in config.ks]
     settings += [(n, k, d, g, False) for n, k, d, g in config.extra]
     start = time.perf_counter()
-    records = []
-    show = not getattr(args, "no_progress", False)
-    for n, k, d, graphs, in_grid in progress(settings, desc="settings", total=len(settings), disable=not show):
-        rec = run_setting(n, k, d, graphs, seed=config.seed, trials=config.trials)
-        rec["grid"] = in_grid
-        records.append(rec)
+    records, kept = [], 0
+    for n, k, d, graphs, in_grid in progress(settings, desc="settings", total=len(settings)):
+        name = f"n{n}-k{k}-d{d}-g{graphs}"
+        fp = fingerprint(
+            {"format": SETTING_FORMAT, "n": n, "k": k, "d": d, "graphs": graphs, "seed": config.seed,
+             "trials": config.trials}
+        )  # fmt: skip
+        rec = store.load(name, fp)
+        if rec is None:
+            rec = run_setting(n, k, d, graphs, seed=config.seed, trials=config.trials)
+            store.save(name, fp, rec)
+        else:
+            kept += 1
+        records.append({**rec, "grid": in_grid})
+    if kept:
+        log(f"  resumed: {kept} of {len(settings)} settings were finished in this run folder before")
     seconds = time.perf_counter() - start
     write_csv(run_dir / "records.csv", records)
     figure = _plot(run_dir, records, config)

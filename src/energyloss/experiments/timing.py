@@ -21,29 +21,48 @@ limit, or whose predicted time exceeds ``--max-cell-seconds``, is skipped and ma
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from energyloss.experiments.runs import (
-    apply_overrides,
+    log,
     machine_info,
-    make_run_dir,
     markdown_table,
+    open_run_folder,
     progress,
     write_csv,
     write_json,
     write_summary,
 )
 
+__all__ = [
+    "CONFIG",
+    "DESCRIPTION",
+    "METHODS",
+    "OPTION_HELP",
+    "PRESETS",
+    "Config",
+    "measure_cell",
+    "naive_energy",
+    "run_config",
+    "run_grid",
+    "tables",
+]
+
 DESCRIPTION = "Loss wall time and peak memory versus N (Tables 10-11): MSE, Kabsch, dense/sparse energy, naive dense"
 
+#: The benchmark's methods. ``mse``, ``kabsch_mse``, ``energy`` and ``sparse_energy`` are losses of the vocabulary
+#: (:data:`energyloss.experiments.losses.POSITION_LOSSES`) but are timed through the public API calls of
+#: :func:`_loss_fn`, not :func:`~energyloss.experiments.losses.make_position_loss`: that returns per-structure values
+#: (``reduction="none"``, then a mean to differentiate), normalises the energies per pair, draws a sparse graph per
+#: structure and call, and cannot force the blocked kernel, so it would time something else.
 METHODS = ("mse", "kabsch_mse", "energy", "energy_blocked", "sparse_energy", "naive_energy")
 #: Measured unless ``--methods`` says otherwise (``energy_blocked`` is the portable kernel the fused ones replace).
 DEFAULT_METHODS = ("mse", "kabsch_mse", "energy", "energy_blocked", "sparse_energy", "naive_energy")
@@ -65,6 +84,42 @@ class Config:
     seed: int = 0
     in_process: bool = False
 
+    def validate(self) -> Config:
+        """Raise ``ValueError`` naming the first bad option (as its flag); return ``self``."""
+        if not self.sizes:
+            raise ValueError("--sizes: give at least one number of atoms")
+        if any(n < 1 for n in self.sizes):
+            raise ValueError(f"--sizes: every N must be a positive integer, got {','.join(map(str, self.sizes))}")
+        if not self.methods:
+            raise ValueError("--methods: give at least one method")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"--methods: a method is given twice in {','.join(self.methods)}")
+        for name in ("dim", "repeats", "qm9_atoms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_flag(name)}: must be a positive integer, got {getattr(self, name)}")
+        for name in ("qm9_batch", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_flag(name)}: must be >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.max_cell_seconds) and self.max_cell_seconds > 0):
+            raise ValueError(f"--max-cell-seconds: must be a positive number, got {self.max_cell_seconds:g}")
+        if not (math.isfinite(self.memory_limit_gb) and self.memory_limit_gb >= 0):
+            raise ValueError(f"--memory-limit-gb: must be >= 0 (0: 60% of RAM), got {self.memory_limit_gb:g}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"--device: not a torch device (or auto): {self.device!r}") from None
+        return self
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+CONFIG = Config
 
 PRESETS = {
     "smoke": Config(sizes=(30, 300), repeats=2, qm9_batch=8, max_cell_seconds=10.0),
@@ -72,21 +127,20 @@ PRESETS = {
     "paper": Config(repeats=20),
 }
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of atoms N")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None)
-    parser.add_argument("--dim", type=int, default=None, help="spatial dimension D")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per cell (median reported)")
-    parser.add_argument("--qm9-batch", type=int, default=None, help="batch size of the QM9-sized row (0: skip)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or auto")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--max-cell-seconds", type=float, default=None, help="skip cells predicted to take longer")
-    parser.add_argument(
-        "--in-process", action="store_true", default=None, help="CPU: no subprocess per cell (less isolated memory)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--memory-limit-gb", type=float, default=None, help="skip cells above this (0: 60%% of RAM)")
+OPTION_HELP: dict[str, str] = {
+    "sizes": "numbers of atoms N",
+    "methods": "what to time, from " + ", ".join(METHODS),
+    "dim": "spatial dimension D",
+    "repeats": "timed calls per cell (median reported)",
+    "qm9_batch": "batch size of the QM9-sized padded row (0: skip it)",
+    "qm9_atoms": "atoms of the largest molecule of the QM9-sized row",
+    "device": "cpu, cuda or auto",
+    "threads": "torch CPU threads (0: torch's default)",
+    "max_cell_seconds": "skip cells predicted to take longer",
+    "memory_limit_gb": "skip cells above this (0: 60%% of RAM, or 80%% of the GPU's)",
+    "seed": "seed of the random structures",
+    "in_process": "CPU: no subprocess per cell (less isolated memory)",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,6 +272,7 @@ def _run_cell(cfg: Config, method: str, n: int, batch: int) -> dict:
 
 
 def run_grid(cfg: Config, *, show_progress: bool = True) -> list[dict]:
+    """Measure (or skip) every cell of ``cfg``: the rows ``sizes`` (one structure) and the padded QM9-sized one."""
     limit = _memory_limit(cfg)
     records: list[dict] = []
     last: dict[str, tuple[int, float]] = {}
@@ -272,31 +327,22 @@ def tables(records: list[dict]) -> str:
     return "\n\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = PRESETS[args.preset]
-    overrides = {
-        "sizes": tuple(args.sizes) if args.sizes else None,
-        "methods": tuple(args.methods) if args.methods else None,
-        "dim": args.dim,
-        "repeats": args.repeats,
-        "qm9_batch": args.qm9_batch,
-        "device": args.device,
-        "threads": args.threads,
-        "max_cell_seconds": args.max_cell_seconds,
-        "memory_limit_gb": args.memory_limit_gb,
-        "in_process": args.in_process,
-    }
-    cfg = apply_overrides(cfg, overrides)
+def run_config(cfg: Config, *, out: str | None, preset: str) -> int:
+    """Measure the grid of ``cfg`` into the run folder ``out``.
+
+    Measurements are never resumed: a rerun in the same folder measures every cell again (timings of different
+    sessions would not be comparable) and replaces the tables.
+    """
     if cfg.device == "auto":
-        cfg = apply_overrides(cfg, {"device": "cuda" if torch.cuda.is_available() else "cpu"})
+        cfg = replace(cfg, device="cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("energyloss run timing: --device cuda asked for, but torch sees no CUDA device")
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    run_dir = make_run_dir(args.out, "timing")
+    run_dir = open_run_folder(out, "timing", cfg, preset=preset)
+    log(f"timing: preset {preset!r}, run folder {run_dir}")
     info = machine_info()
-    write_json(run_dir / "config.json", {"config": asdict(cfg), "machine": info})
-    records = run_grid(cfg, show_progress=not args.no_progress)
+    records = run_grid(cfg)
     write_csv(run_dir / "records.csv", records)
     write_json(run_dir / "metrics.json", {"records": records, "machine": info})
     device = info.get("gpu", "CPU") if cfg.device.startswith("cuda") else f"CPU ({info['cpu_count']} cores)"

@@ -12,9 +12,7 @@ the true-energy loss and the ``*_flip`` losses do not.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -22,21 +20,23 @@ from pathlib import Path
 import numpy as np
 
 from energyloss.experiments.runs import (
-    apply_overrides,
-    machine_info,
-    make_run_dir,
+    JobStore,
+    atomic_save,
+    fingerprint,
+    log,
     markdown_table,
     mean_std,
+    open_run_folder,
     progress,
     write_csv,
     write_json,
     write_summary,
 )
 
-from .data import SpinDataSpec, load_or_generate
-from .train import LOSSES, PAPER_TABLE5, SpinsConfig
+from .data import load_or_generate
+from .train import LOSSES, PAPER_TABLE5, SpinsConfig, data_spec, job_settings
 
-__all__ = ["DESCRIPTION", "PRESETS", "SpinsConfig", "add_arguments", "run"]
+__all__ = ["CONFIG", "DESCRIPTION", "OPTION_HELP", "PRESETS", "SpinsConfig", "run_config"]
 
 DESCRIPTION = "spin-glass ground states, 16x16 (paper 6.3, Table 5): CE / margin / local energy / true energy"
 
@@ -48,6 +48,8 @@ _ALL_LOSSES = (
     "cross_entropy_flip",
     "local_energy_flip",
 )
+
+CONFIG = SpinsConfig
 
 PRESETS: dict[str, SpinsConfig] = {
     # seconds: a 6x6 lattice, a tiny CNN, two epochs; checks the plumbing only
@@ -96,74 +98,57 @@ PRESETS: dict[str, SpinsConfig] = {
 }
 
 
-def _csv(kind):
-    def parse(text: str):
-        return tuple(kind(v) for v in text.split(",") if v.strip())
-
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``energyloss run spins``; an option not given keeps the preset's value."""
-
-    def opt(group, flag, **kwargs):
-        group.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
-
-    note = "options not given keep the value of --preset"
-    g = parser.add_argument_group("data", note)
-    opt(g, "--size", type=int, help="lattice side L")
-    opt(g, "--periodic", action="store_true", help="periodic boundaries (MILP solver: slow)")
-    opt(g, "--n-train", type=int, help="training instances")
-    opt(g, "--n-val", type=int, help="validation instances (early stopping)")
-    opt(g, "--n-test", type=int, help="test instances")
-    opt(g, "--data-seed", type=int, help="seed of the instances")
-    g.add_argument("--cache-dir", default=None, help="data cache (default: $ENERGYLOSS_CACHE or ~/.cache/energyloss)")
-    g = parser.add_argument_group("model and training", note)
-    opt(g, "--channels", type=int, help="CNN width")
-    opt(g, "--depth", type=int, help="residual blocks")
-    opt(g, "--batch-size", type=int, help="instances per step")
-    opt(g, "--lr", type=float, help="Adam learning rate")
-    opt(g, "--max-epochs", type=int, help="epochs at most")
-    opt(g, "--patience", type=int, help="early-stopping patience (epochs without a better val energy)")
-    opt(g, "--temperature", type=float, help="T of the local and true energy losses")
-    opt(g, "--h0", type=float, help="offset of the local-field weights (> 4: data is the unique minimiser)")
-    opt(g, "--losses", type=_csv(str), help="comma-separated, from: " + ", ".join(LOSSES))
-    opt(g, "--seeds", type=_csv(int), help="comma-separated training seeds")
-    g = parser.add_argument_group("execution", note)
-    opt(g, "--workers", type=int, help="parallel processes (data generation and training jobs)")
-    opt(g, "--threads", type=int, help="torch threads per process")
-    opt(g, "--device", help="torch device, e.g. cpu or cuda")
-    opt(g, "--amp", action="store_true", help="bfloat16 autocast for the CNN on CUDA")
-    opt(g, "--time-limit", type=float, help="seconds of training per job before it stops early")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+OPTION_HELP: dict[str, str] = {
+    "size": "lattice side L",
+    "periodic": "periodic boundaries (MILP solver: slow)",
+    "n_train": "training instances",
+    "n_val": "validation instances (early stopping)",
+    "n_test": "test instances",
+    "data_seed": "seed of the instances",
+    "channels": "CNN width",
+    "depth": "residual blocks",
+    "batch_size": "instances per step",
+    "lr": "Adam learning rate",
+    "max_epochs": "epochs at most",
+    "patience": "early-stopping patience (epochs without a better val energy)",
+    "temperature": "T of the local and true energy losses",
+    "h0": "offset of the local-field weights (> 4: data is the unique minimiser)",
+    "margin": "margin of the hinge losses",
+    "losses": "losses, from " + ", ".join(LOSSES),
+    "seeds": "training seeds",
+    "workers": "parallel processes (data generation and training jobs)",
+    "threads": "torch threads per process",
+    "device": "torch device, e.g. cpu or cuda",
+    "amp": "bfloat16 autocast for the CNN on CUDA",
+    "time_limit": "seconds of training per job before it stops early (none: no limit)",
+    "cache_dir": "data cache (none: $ENERGYLOSS_CACHE or ~/.cache/energyloss)",
+}
 
 
-def _config_from_args(args: argparse.Namespace) -> SpinsConfig:
-    fields = {f.name for f in dataclasses.fields(SpinsConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    return apply_overrides(PRESETS[args.preset], overrides)
+def _job_name(loss: str, seed: int) -> str:
+    return f"{loss}-seed{seed}"
 
 
 def _job(task: tuple) -> dict:
-    """Worker entry point: train one (loss, seed) job and save its result under ``run_dir/jobs``."""
+    """Worker entry point: train one (loss, seed) job and save its result (and weights) under ``jobs``."""
     import torch
+
+    from energyloss.experiments.options import config_from_json
 
     from .train import train_job
 
-    config_dict, loss, seed, paths, sizes, run_dir = task
-    config = SpinsConfig(
-        **{**config_dict, "losses": tuple(config_dict["losses"]), "seeds": tuple(config_dict["seeds"])}
-    )
+    config_dict, loss, seed, fp, paths, sizes, jobs = task
+    config = config_from_json(SpinsConfig, config_dict)
     torch.set_num_threads(config.threads)
     splits = {}
     for split, path in paths.items():
         with np.load(path) as f:
             splits[split] = {k: f[k][: sizes[split]] for k in ("couplings", "spins", "energies")}
     out = train_job(config, loss, seed, splits)
-    jobs = Path(run_dir) / "jobs"
-    torch.save(out["state_dict"], jobs / f"{loss}-seed{seed}.pt")
+    name = _job_name(loss, seed)
+    atomic_save(Path(jobs) / f"{name}.pt", lambda p: torch.save(out["state_dict"], p))
     result = {"record": out["record"], "curve": out["curve"]}
-    (jobs / f"{loss}-seed{seed}.json").write_text(json.dumps(result))
+    JobStore(jobs).save(name, fp, result)
     return result
 
 
@@ -179,7 +164,7 @@ def _plot(run_dir: Path, results: list[dict], losses: tuple[str, ...]) -> Path |
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib not installed: no training-curve plot (pip install 'energyloss[plots]')")
+        log("matplotlib not installed: no training-curve plot (pip install 'energyloss[plots]')")
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -195,7 +180,7 @@ def _plot(run_dir: Path, results: list[dict], losses: tuple[str, ...]) -> Path |
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = run_dir / "training_curves.png"
-    fig.savefig(path, dpi=120)
+    atomic_save(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -252,51 +237,55 @@ def _summarise(config: SpinsConfig, results: list[dict], data_info: dict, second
     return text, metrics
 
 
-def run(args: argparse.Namespace) -> int:
+def run_config(config: SpinsConfig, *, out: str | None, preset: str) -> int:
+    """Run the experiment for a resolved, validated ``config`` into the run folder ``out``.
+
+    Each (loss, seed) job is kept in ``jobs/`` with the fingerprint of every setting that can change its result
+    (:func:`.train.job_settings`): a rerun in the same folder keeps the jobs whose settings match and redoes the
+    others, so the tables always describe the settings of this run.
+    """
     import torch
 
-    config = _config_from_args(args)
-    show = not getattr(args, "no_progress", False)
     start = time.perf_counter()
     torch.set_num_threads(config.threads)
-    run_dir = make_run_dir(args.out, "spins")
-    (run_dir / "jobs").mkdir(exist_ok=True)
-    write_json(run_dir / "config.json", {"preset": args.preset, "config": config, "machine": machine_info()})
-    print(f"spins: preset {args.preset!r}, run folder {run_dir}")
-    if args.preset != "paper":
-        print(
+    run_dir = open_run_folder(out, "spins", config, preset=preset)
+    store = JobStore(run_dir / "jobs")
+    log(f"spins: preset {preset!r}, run folder {run_dir}")
+    if preset != "paper":
+        log(
             f"  (smaller than the paper: {config.n_train} training instances, CNN {config.depth}x{config.channels};"
             " --preset paper for the full setting)"
         )
 
-    spec = SpinDataSpec(size=config.size, periodic=config.periodic, seed=config.data_seed)
+    spec = data_spec(config)
     paths, sizes, data_info = {}, {}, {}
     for split, n in (("train", config.n_train), ("val", config.n_val), ("test", config.n_test)):
-        _, info = load_or_generate(spec, split, n, cache_dir=args.cache_dir, workers=config.workers, show_progress=show)
+        _, info = load_or_generate(spec, split, n, cache_dir=config.cache_dir, workers=config.workers)
         paths[split], sizes[split] = info["path"], n
         rate = info["instances_per_second"]
         data_info[split] = "cached" if info["cached"] else f"{rate:.0f} instances/s"
-        print(f"  {split}: {n} instances, {data_info[split]} ({info['path']})")
+        log(f"  {split}: {n} instances, {data_info[split]} ({info['path']})")
 
-    tasks, results = [], []
+    jobs = [(loss, seed) for seed in config.seeds for loss in config.losses]
     config_dict = dataclasses.asdict(config)
-    for seed in config.seeds:
-        for loss in config.losses:
-            done = run_dir / "jobs" / f"{loss}-seed{seed}.json"
-            if done.exists():  # resume: finished jobs are kept
-                results.append(json.loads(done.read_text()))
-            else:
-                tasks.append((config_dict, loss, seed, paths, sizes, str(run_dir)))
-    if results:
-        print(f"  resuming: {len(results)} finished jobs kept, {len(tasks)} to run")
+    tasks, found, redone = [], {}, 0
+    for loss, seed in jobs:
+        fp = fingerprint(job_settings(config, loss, seed))
+        saved = store.load(_job_name(loss, seed), fp)
+        if saved is not None:  # resume: a finished job with the same settings is kept
+            found[(loss, seed)] = saved
+        else:
+            redone += store.path(_job_name(loss, seed)).exists()
+            tasks.append((config_dict, loss, seed, fp, paths, sizes, str(store.folder)))
+    if found or redone:
+        again = f" ({redone} of them saved with other settings or unreadable: redone)" if redone else ""
+        log(f"  resuming: {len(found)} finished jobs kept, {len(tasks)} to run{again}")
+    results = list(found.values())
     if config.workers > 1 and len(tasks) > 1:
         with multiprocessing.get_context("spawn").Pool(min(config.workers, len(tasks))) as pool:
-            for res in progress(pool.imap_unordered(_job, tasks), desc="training", total=len(tasks), disable=not show):
-                results.append(res)
+            results.extend(progress(pool.imap_unordered(_job, tasks), desc="training", total=len(tasks)))
     else:
-        for task in progress(tasks, desc="training", total=len(tasks), disable=not show):
-            results.append(_job(task))
-    jobs = [(loss, seed) for seed in config.seeds for loss in config.losses]
+        results.extend(_job(task) for task in progress(tasks, desc="training", total=len(tasks)))
     results.sort(key=lambda r: jobs.index((r["record"]["loss"], r["record"]["seed"])))
 
     records = [r["record"] for r in results]

@@ -7,8 +7,9 @@ argument (the ``--cache-dir`` flag), the ``ENERGYLOSS_CACHE`` environment variab
 the file name holds a content hash of the generation settings. On loading, the file's array checksum is
 verified and the stored energies are recomputed from the stored spins. A cache file that fails any of this (a
 truncated or garbage ``.npz`` included) is reported with its path in a ``UserWarning`` and regenerated, or,
-with ``on_invalid="raise"``, raises ``ValueError`` naming it. Temporary files left by a writer that was killed
-(``*.npz.tmp<pid>.npz``) are removed on the next load.
+with ``on_invalid="raise"``, raises ``ValueError`` naming it. Every file is written to a temporary name and
+renamed into place; temporary files left by a writer that was killed (``*.npz.tmp<pid>.npz``,
+``*.json.tmp-<pid>``) are removed on the next load.
 """
 
 from __future__ import annotations
@@ -153,8 +154,10 @@ STALE_TEMPORARY_SECONDS = _runs.STALE_TEMPORARY_SECONDS
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary ``*.npz.tmp<pid>.npz`` files of writers that are gone (or over a day old)."""
-    return _runs.remove_stale_temporaries(folder, "*.npz.tmp*.npz", r"\.npz\.tmp(\d+)\.npz$")
+    """Delete the temporary files (``*.npz.tmp<pid>.npz``, ``*.json.tmp-<pid>``) of writers that are gone (or
+    over a day old)."""
+    removed = _runs.remove_stale_temporaries(folder, "*.npz.tmp*.npz", r"\.npz\.tmp(\d+)\.npz$")
+    return removed + _runs.remove_stale_temporaries(folder, "*.json.tmp-*", r"\.json\.tmp-(\d+)$")
 
 
 def _read(path: Path, spec: SpinDataSpec) -> dict[str, np.ndarray]:
@@ -228,5 +231,5 @@ def load_or_generate(
         "instances_per_second": n / seconds if seconds > 0 else None,
         "workers": workers,
     }
-    (path.with_suffix(".json")).write_text(json.dumps({"spec": dataclasses.asdict(spec), "split": split, **info}))
+    _runs.write_json(path.with_suffix(".json"), {"spec": dataclasses.asdict(spec), "split": split, **info})
     return data, info

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from energyloss.experiments.losses import SPIN_LOSSES, parse_spin_loss
 from energyloss.spins import (
     flip_invariant_loss,
     ising_energy,
@@ -22,20 +23,23 @@ from energyloss.spins import (
     true_energy_loss,
 )
 
+from .data import SpinDataSpec
 from .model import SpinResNet
 
-__all__ = ["LOSSES", "SpinsConfig", "evaluate", "make_loss", "train_job"]
+__all__ = [
+    "LOSSES",
+    "NON_RESULT_FIELDS",
+    "SpinsConfig",
+    "data_spec",
+    "evaluate",
+    "job_settings",
+    "make_loss",
+    "train_job",
+]
 
-#: The losses compared (name -> one-line description). "_flip" = invariant to the global spin flip.
-LOSSES: dict[str, str] = {
-    "cross_entropy": "per-site binary cross-entropy",
-    "margin": "per-site hinge loss (margin 1)",
-    "local_energy": "local-field energy loss (Eq. 15-16, flip-cost weights, h0, T)",
-    "true_energy": "entropy-regularised expected Ising energy (no labels)",
-    "cross_entropy_flip": "cross-entropy, min over target and its global flip",
-    "margin_flip": "hinge loss, min over target and its global flip",
-    "local_energy_flip": "local-field energy loss, min over target and its global flip",
-}
+#: The losses compared (name -> one-line description), the spin family of the experiments' loss vocabulary
+#: (:data:`energyloss.experiments.losses.SPIN_LOSSES`). "_flip" = invariant to the global spin flip.
+LOSSES: dict[str, str] = SPIN_LOSSES
 
 #: Paper Table 5 ("Test energy", mean ± std).
 PAPER_TABLE5: dict[str, tuple[float, float]] = {
@@ -52,6 +56,9 @@ class SpinsConfig:
 
     ``amp``: bfloat16 autocast for the network on CUDA (losses and energies stay in float32 / float64).
     ``time_limit``: seconds of training per job after which it stops early (a safety net; ``None`` = none).
+    ``cache_dir``: the data cache (``None``: ``$ENERGYLOSS_CACHE`` or ``~/.cache/energyloss``, see :mod:`.data`).
+    ``workers``, ``threads`` and ``cache_dir`` never change a result; every other field can (see
+    :func:`job_settings`). :meth:`validate` checks the options (the command line calls it).
     """
 
     size: int = 16
@@ -76,17 +83,103 @@ class SpinsConfig:
     device: str = "cpu"
     amp: bool = False
     time_limit: float | None = None
+    cache_dir: str | None = None
 
-    def __post_init__(self):
-        unknown = [name for name in self.losses if name not in LOSSES]
-        if unknown:
-            raise ValueError(f"unknown losses {unknown}; choose from {sorted(LOSSES)}")
-        if self.size < 2 or min(self.n_train, self.n_val, self.n_test) < 1:
-            raise ValueError("size must be >= 2 and every split must hold at least one instance")
+    def validate(self) -> SpinsConfig:
+        """Raise ``ValueError`` naming the first bad option (as its flag); return ``self`` with canonical losses."""
+        if self.size < 2:
+            raise ValueError(f"--size: the lattice side must be >= 2, got {self.size}")
+        for name in _POSITIVE:
+            _positive(name, getattr(self, name))
+        if self.data_seed < 0:
+            raise ValueError(f"--data-seed: must be >= 0, got {self.data_seed}")
+        if not self.seeds:
+            raise ValueError("--seeds: give at least one seed")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds: seeds must be distinct and >= 0, got {','.join(map(str, self.seeds))}")
+        for name in ("lr", "temperature", "margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{_flag(name)}: must be a positive number, got {value:g}")
+        if not math.isfinite(self.h0):
+            raise ValueError(f"--h0: must be a finite number, got {self.h0:g}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"--time-limit: must be positive (or none), got {self.time_limit:g}")
+        if not self.losses:
+            raise ValueError("--losses: give at least one loss")
+        try:
+            losses = tuple(parse_spin_loss(name) for name in self.losses)
+        except ValueError as err:
+            raise ValueError(f"--losses: {err}") from None
+        if len(set(losses)) != len(losses):
+            raise ValueError(f"--losses: a loss is given twice in {','.join(losses)}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device: not a torch device: {self.device!r}") from None
+        return dataclasses.replace(self, losses=losses)
+
+
+#: Options that must be positive integers.
+_POSITIVE = (
+    "n_train",
+    "n_val",
+    "n_test",
+    "channels",
+    "depth",
+    "batch_size",
+    "max_epochs",
+    "patience",
+    "workers",
+    "threads",
+)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{_flag(name)}: must be a positive integer, got {value}")
+
+
+#: Fields of :class:`SpinsConfig` that never change the result of a (loss, seed) job.
+NON_RESULT_FIELDS = ("losses", "seeds", "workers", "threads", "cache_dir")
+#: Bump when the training procedure changes what a job returns for the same settings.
+JOB_FORMAT = 1
+
+
+def data_spec(config: SpinsConfig) -> SpinDataSpec:
+    """The data set of a run (the cache key of its splits)."""
+    return SpinDataSpec(size=config.size, periodic=config.periodic, seed=config.data_seed)
+
+
+def job_settings(config: SpinsConfig, loss: str, seed: int) -> dict:
+    """Every setting that can change the result of the job ``(loss, seed)``: its fingerprint's content.
+
+    The data spec, the split sizes, the model, the training settings (device and autocast included), the loss and
+    the seed; not the execution settings of :data:`NON_RESULT_FIELDS`.
+
+    Example:
+        >>> a = job_settings(SpinsConfig(), "margin", 0)
+        >>> a == job_settings(SpinsConfig(workers=7, seeds=(0, 5)), "margin", 0), a == job_settings(
+        ...     SpinsConfig(size=4), "margin", 0)
+        (True, False)
+    """
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NON_RESULT_FIELDS}
+    return {
+        "format": JOB_FORMAT,
+        "data": dataclasses.asdict(data_spec(config)),
+        **settings,
+        "loss": parse_spin_loss(loss),
+        "seed": seed,
+    }
 
 
 def make_loss(name: str, config: SpinsConfig) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """``loss(logits (B, L, L), target (B, L, L) +-1, couplings (B, 2, L, L)) -> scalar`` for ``name``."""
+    name = parse_spin_loss(name)
     t, h0, periodic = config.temperature, config.h0, config.periodic
     if name == "cross_entropy":
         return lambda z, y, J: spin_cross_entropy_loss(z, y)
@@ -104,7 +197,7 @@ def make_loss(name: str, config: SpinsConfig) -> Callable[[Tensor, Tensor, Tenso
         return lambda z, y, J: flip_invariant_loss(
             local_field_energy_loss, z, y, J, h0=h0, temperature=t, periodic=periodic
         )
-    raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
+    raise AssertionError(f"spin loss {name!r} of SPIN_LOSSES has no implementation in make_loss")
 
 
 @torch.no_grad()
