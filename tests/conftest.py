@@ -20,11 +20,11 @@ def gen():
 
 
 def random_rotation(d: int, gen: torch.Generator, dtype=torch.float64, proper: bool = True) -> torch.Tensor:
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if proper and torch.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q.to(dtype)
+    """A Haar-random rotation (``proper``) or orthogonal matrix, from the library's one sampler."""
+    from energyloss.testing import random_orthogonal
+    from energyloss.testing import random_rotation as rotation
+
+    return (rotation(d, generator=gen) if proper else random_orthogonal(d, generator=gen)).to(dtype)
 
 
 def dense_pair_reference(pred, target, mask, coeff):

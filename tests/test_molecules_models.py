@@ -10,8 +10,8 @@ from energyloss.experiments.molecules.models import (
     GNNDynamics,
     build_dynamics,
     count_parameters,
-    random_rotations,
 )
+from energyloss.testing import random_rotations
 
 from conftest import random_rotation
 
@@ -134,7 +134,7 @@ def test_bad_inputs_and_names():
         net(x, h, t, mask.float())
     with pytest.raises(ValueError, match="t must have shape"):
         net(x, h, torch.zeros(3), mask)
-    with pytest.raises(ValueError, match="model must be"):
+    with pytest.raises(ValueError, match="unknown model"):
         build_dynamics("transformer", F, hidden_nf=8, n_layers=1)
     assert count_parameters(build_dynamics("egnn", F, hidden_nf=8, n_layers=1)) > 0
 

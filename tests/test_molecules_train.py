@@ -12,16 +12,12 @@ import torch
 
 from energyloss import mse_loss
 from energyloss.diffusion import diffusion_sample_loss
+from energyloss.experiments.losses import POSITION_LOSSES, LossSpec, draw_pool_edges, parse_loss_spec
 from energyloss.experiments.molecules import train as T
-from energyloss.experiments.molecules.diffusion_model import (
-    AUTHORS_K0,
-    POSITION_LOSSES,
-    MoleculeDiffusion,
-    draw_pool_edges,
-    make_coefficients,
-    paper_hyperparameters,
-)
+from energyloss.experiments.molecules.datasets import load_training_set
+from energyloss.experiments.molecules.diffusion_model import AUTHORS_K0, MoleculeDiffusion, make_coefficients
 from energyloss.experiments.molecules.models import GNNDynamics
+from energyloss.experiments.molecules.registry import paper_hyperparameters, resolve_hyperparameters
 from energyloss.geometry import center
 
 ELEMENTS = (1, 6, 7, 8, 9)
@@ -47,7 +43,7 @@ TINY = T.QM9Config(
 
 
 def _batch(n=4, seed=0):
-    ds = T.load_training_set(dataclasses.replace(TINY, seed=seed))
+    ds = load_training_set(dataclasses.replace(TINY, seed=seed))
     return ds.get_batch(torch.arange(n))
 
 
@@ -232,17 +228,25 @@ def test_sampler_recovers_the_molecule_of_an_oracle_denoiser():
 
 
 def test_hyperparameters_and_loss_specs():
-    assert paper_hyperparameters("gdm", "energy", "exp") == (4e-4, 0.05)
+    assert paper_hyperparameters("gdm", "energy:exp") == (4e-4, 0.05)
     assert paper_hyperparameters("gdm-aug", "mse") == (1e-3, 1.5)
-    assert paper_hyperparameters("egnn", "energy", "inverse_square") == (1e-4, 0.1)
-    assert paper_hyperparameters("egnn", "sparse_energy", "exp") == (1e-4, 0.05)
+    assert paper_hyperparameters("egnn", "energy:inverse_square") == (1e-4, 0.1)
+    assert paper_hyperparameters("egnn", "sparse_energy:exp") == (1e-4, 0.05)
+    assert paper_hyperparameters("gdm", "energy:exp:k0=3") == (4e-4, 0.05)  # the scale is not a table key
+    unlisted = LossSpec("energy", "a_new_scheme")  # a scheme the paper's tables do not have
+    with pytest.raises(ValueError, match="give --lr and --position-weight"):
+        resolve_hyperparameters("gdm", unlisted, lr=None, position_weight=None)
+    with pytest.raises(ValueError, match="give --position-weight"):
+        resolve_hyperparameters("gdm", unlisted, lr=1e-3, position_weight=None)
+    assert resolve_hyperparameters("gdm", unlisted, lr=1e-3, position_weight=0.1) == (1e-3, 0.1)
+    assert resolve_hyperparameters("egnn", "mse", lr=None, position_weight=2.0) == (3e-4, 2.0)
     assert make_coefficients("inverse").k0 == AUTHORS_K0["inverse"] == 5.0
     assert make_coefficients("exp", k0=2.0).k0 == 2.0
-    assert T.parse_loss("energy") == ("energy", "exp") and T.parse_loss("kabsch") == ("kabsch_mse", "exp")
+    assert str(parse_loss_spec("energy")) == "energy:exp" and str(parse_loss_spec("kabsch")) == "kabsch_mse"
     with pytest.raises(ValueError, match="unknown loss"):
-        T.parse_loss("huber")
+        parse_loss_spec("huber")
     with pytest.raises(ValueError, match="takes no coefficients"):
-        T.parse_loss("mse:exp")
+        parse_loss_spec("mse:exp")
     with pytest.raises(ValueError, match="pool"):
         MoleculeDiffusion(GNNDynamics(6, hidden_nf=4, n_layers=1), n_types=5, position_loss="sparse_energy")
     with pytest.raises(ValueError, match="coefficients must be one of"):
@@ -288,7 +292,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
     assert a["grad_norms"] == b["grad_norms"]
     # a checkpoint refuses a run with other settings
-    with pytest.raises(ValueError, match="belongs to another run"):
+    with pytest.raises(ValueError, match="belongs to a run with other settings"):
         T.train_model(dataclasses.replace(cfg, hidden_nf=8), "energy:exp", tmp_path / "cut", show_progress=False)
     with pytest.raises(ValueError, match="coefficient_distance"):
         T.train_model(
@@ -356,17 +360,89 @@ def test_cli_end_to_end_on_synthetic_data(tmp_path):
     assert len(load_molecules(out / "mse" / "samples.npz")) == 4
     summary = (out / "summary.md").read_text()
     assert "| mse |" in summary and "sparse_energy:inverse" in summary
-    # config resolution: --loss/--coefficients, and errors
-    import argparse
+    # config resolution: --loss/--coefficients, paper batch sizes from the model registry, and errors
+    cfg = _config(["--preset", "smoke", "--loss", "energy", "--coefficients", "inverse", "--model", "egnn"])
+    assert cfg == _config(["--preset", "smoke", "--losses", "energy:inverse", "--model", "egnn"])
+    assert cfg["losses"] == ["energy:inverse"] and cfg["model"] == "egnn" and cfg["hidden_nf"] == 32
+    paper = _config(["--preset", "paper"])
+    assert (paper["n_layers"], paper["hidden_nf"], paper["diffusion_steps"], paper["batch_size"]) == (9, 256, 1000, 512)
+    paper_edm = _config(["--preset", "paper", "--loss", "mse", "--model", "egnn"])
+    assert paper_edm["batch_size"] == 400 and paper_edm["ema_decay"] == 0.9999
+    assert _config(["--preset", "paper", "--model", "egnn", "--batch-size", "64"])["batch_size"] == 64
+    # a run folder's config.json reproduces its config
+    assert _config(["--config", str(out / "config.json")]) == json.loads((out / "config.json").read_text())["config"]
 
-    ns = argparse.Namespace(preset="smoke", loss="energy", coefficients="inverse", losses=None, model="egnn")
-    cfg = T.config_from_args(ns)
-    assert cfg.losses == ("energy:inverse",) and cfg.model == "egnn" and cfg.hidden_nf == 16
-    paper = T.config_from_args(argparse.Namespace(preset="paper", loss=None, coefficients=None, losses=None))
-    assert (paper.n_layers, paper.hidden_nf, paper.diffusion_steps, paper.batch_size) == (9, 256, 1000, 512)
-    paper_edm = T.config_from_args(
-        argparse.Namespace(preset="paper", loss="mse", coefficients=None, losses=None, model="egnn")
-    )
-    assert paper_edm.batch_size == 400 and paper_edm.ema_decay == 0.9999
-    with pytest.raises(ValueError, match="--coefficients needs"):
-        T.config_from_args(argparse.Namespace(preset="smoke", loss=None, coefficients="exp", losses=None))
+
+def _config(args: list[str]) -> dict:
+    import contextlib
+    import io
+
+    from energyloss.cli import main
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(["run", "qm9", *args, "--print-config"]) == 0
+    return json.loads(buffer.getvalue())["config"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--epochs", "-1"], "epochs must be > 0"),
+        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--losses", "mse,huber"], "unknown loss 'huber'"),
+        (["--loss", "energy", "--coefficients", "morse"], "unknown coefficient scheme 'morse'"),
+        (["--coefficients", "exp"], "--coefficients sets the scheme"),
+        (["--model", "transformer"], "invalid choice"),
+        (["--lr", "fast"], "invalid float"),
+        (["--loss", "mse", "--losses", "mae"], "not both"),
+        (["--config", "/nonexistent/config.json"], "no such file"),
+    ],
+)
+def test_cli_refuses_bad_values_with_one_line_and_exit_2(args, message, capsys):
+    from energyloss.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["run", "qm9", "--preset", "smoke", *args])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_a_new_coefficient_scheme_trains_from_the_cli(tmp_path, monkeypatch):
+    """Adding a scheme to the library's table makes it a loss of every experiment; the paper's tables do not
+    know it, so the command needs --lr and --position-weight and then trains."""
+    from energyloss import coefficients
+    from energyloss.cli import main
+
+    class Halved(coefficients.InverseCoefficients):
+        pass
+
+    monkeypatch.setitem(coefficients.COEFFICIENT_SCHEMES, "halved_inverse", Halved)
+    base = ["run", "qm9", "--preset", "smoke", "--data", "synthetic", "--epochs", "0.1", "--n-eval-samples", "4"]
+    base += ["--sampling-steps", "3", "--loss", "energy", "--coefficients", "halved_inverse", "--no-progress"]
+    with pytest.raises(SystemExit) as err:
+        main([*base, "--out", str(tmp_path / "refused")])
+    assert err.value.code == 2
+    assert main([*base, "--lr", "1e-3", "--position-weight", "0.1", "--k0", "1", "--out", str(tmp_path / "r")]) == 0
+    config = json.loads((tmp_path / "r" / "energy-halved_inverse" / "config.json").read_text())
+    assert config["loss"] == "energy:halved_inverse" and "Halved(k0=1.0" in config["coefficients"]
+    records = json.loads((tmp_path / "r" / "metrics.json").read_text())["records"]
+    assert records and all(r["loss"] == "energy:halved_inverse" for r in records)
+
+
+def test_resume_with_a_changed_setting_is_refused_and_names_it(tmp_path, capsys):
+    from energyloss.cli import main
+
+    base = ["run", "qm9", "--preset", "smoke", "--data", "synthetic", "--epochs", "0.1", "--n-eval-samples", "4"]
+    base += ["--sampling-steps", "3", "--losses", "mse", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(base) == 0
+    first = json.loads((tmp_path / "r" / "metrics.json").read_text())["records"]
+    capsys.readouterr()
+    assert main([*base, "--nf", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "hidden_nf: 32 -> 8" in err and "Traceback" not in err
+    # the same settings resume (here: nothing left to train) and give the same records
+    assert main(base) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["records"] == first
+    assert "\r" not in capsys.readouterr().err  # not a terminal: plain lines, no bar fragments

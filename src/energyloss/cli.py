@@ -26,6 +26,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from energyloss.experiments.options import ArgumentParser
+
 # name -> module implementing the experiment (imported lazily).
 EXPERIMENTS: dict[str, str] = {
     "shapes": "energyloss.experiments.shapes",
@@ -59,7 +61,7 @@ def _load(module_name: str, what: str):
 
 def _run_parser(name: str, module) -> argparse.ArgumentParser:
     """The parser of an experiment with its own ``add_arguments`` (not generated from a config dataclass)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=f"energyloss run {name}",
         description=getattr(module, "DESCRIPTION", None),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -92,7 +94,7 @@ def _run_config_experiment(name: str, module, rest: list[str]) -> int:
     try:
         base = options.load_config_file(known.config, module.CONFIG) if known.config else presets[preset]
     except ValueError as err:
-        argparse.ArgumentParser(prog=prog).error(str(err))
+        ArgumentParser(prog=prog).error(str(err))
     label = "config" if known.config else preset
     parser = options.build_parser(prog, getattr(module, "DESCRIPTION", None), module, base, preset=label)
     args = parser.parse_args(rest)
@@ -130,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         return _main(argv)
+    except BrokenPipeError:  # e.g. piped into head: stop quietly
+        sys.stderr.close()
+        return 141
     except KeyboardInterrupt:
         print("\nenergyloss: interrupted" + _resume_hint(argv), file=sys.stderr)
         return 130
@@ -154,7 +159,7 @@ def _resume_hint(argv: list[str]) -> str:
 
 
 def _main(argv: list[str]) -> int:
-    top = argparse.ArgumentParser(
+    top = ArgumentParser(
         prog="energyloss",
         description="Energy loss functions for physical systems: experiments and tools.",
         epilog="Run 'energyloss run NAME --help' for the options of one experiment.",
@@ -195,7 +200,7 @@ def _main(argv: list[str]) -> int:
         args = _run_parser(name, module).parse_args(rest)
         return int(module.run(args) or 0)
     module = _load(COMMANDS[ns.command], f"command {ns.command!r}")
-    parser = argparse.ArgumentParser(prog=f"energyloss {ns.command}", description=module.DESCRIPTION)
+    parser = ArgumentParser(prog=f"energyloss {ns.command}", description=module.DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["assert_invariant", "invariance_errors", "random_orthogonal", "random_rotation"]
+__all__ = ["assert_invariant", "invariance_errors", "random_orthogonal", "random_rotation", "random_rotations"]
 
 
 def random_orthogonal(d: int, *, generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
@@ -32,19 +32,57 @@ def random_orthogonal(d: int, *, generator: torch.Generator | None = None, dtype
     return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
 
 
+def random_rotations(
+    n: int, d: int = 3, *, generator: torch.Generator | None = None, dtype=torch.float32, device=None
+) -> Tensor:
+    r"""``n`` Haar-uniform random proper rotations ``(n, d, d)`` (determinant +1): the one sampler of the project.
+
+    For ``d = 3`` a standard normal 4-vector normalised to the unit sphere is a uniform unit quaternion :math:`q`,
+    and :math:`q \mapsto R(q)` pushes the uniform measure on :math:`S^3` to the Haar measure on SO(3); otherwise
+    the QR decomposition of a Gaussian matrix with the sign fix, one column flipped where the determinant is
+    negative. Drawn in float64 on the CPU from ``generator`` (results do not depend on the device), then cast.
+
+    Example:
+        >>> r = random_rotations(2, generator=torch.Generator().manual_seed(0))
+        >>> torch.allclose(r @ r.mT, torch.eye(3).expand(2, 3, 3), atol=1e-6), torch.linalg.det(r).round().tolist()
+        (True, [1.0, 1.0])
+    """
+    if d == 3:
+        q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        w, x, y, z = q.unbind(-1)
+        rot = torch.stack(
+            [
+                1 - 2 * (y * y + z * z),
+                2 * (x * y - z * w),
+                2 * (x * z + y * w),
+                2 * (x * y + z * w),
+                1 - 2 * (x * x + z * z),
+                2 * (y * z - x * w),
+                2 * (x * z - y * w),
+                2 * (y * z + x * w),
+                1 - 2 * (x * x + y * y),
+            ],
+            dim=-1,
+        ).reshape(n, 3, 3)
+    else:
+        a = torch.randn(n, d, d, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(a)
+        rot = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+        flip = torch.linalg.det(rot) < 0
+        rot[flip, :, 0] = -rot[flip, :, 0]
+    return rot.to(dtype=dtype, device=device)
+
+
 def random_rotation(d: int, *, generator: torch.Generator | None = None, dtype=torch.float64) -> Tensor:
-    """Haar-uniform random proper rotation ``(d, d)`` (determinant +1).
+    """One Haar-uniform random proper rotation ``(d, d)``: :func:`random_rotations` with ``n = 1``.
 
     Example:
         >>> r = random_rotation(3, generator=torch.Generator().manual_seed(1))
         >>> round(float(torch.linalg.det(r)), 6)
         1.0
     """
-    q = random_orthogonal(d, generator=generator, dtype=dtype)
-    if torch.linalg.det(q) < 0:
-        q = q.clone()
-        q[:, 0] = -q[:, 0]
-    return q
+    return random_rotations(1, d, generator=generator, dtype=dtype)[0]
 
 
 def _transform(x: Tensor, q: Tensor, t: Tensor) -> Tensor:

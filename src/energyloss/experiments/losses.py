@@ -36,6 +36,7 @@ __all__ = [
     "SPIN_LOSSES",
     "LossSpec",
     "coefficient_schemes",
+    "draw_pool_edges",
     "make_position_loss",
     "parse_loss_spec",
     "parse_loss_specs",
@@ -332,21 +333,32 @@ def make_position_loss(
     return sparse
 
 
-def _draw_edges(pool, b: int, n: int, mask: Tensor | None, generator) -> Tensor:
-    """``(B, 2, E_max)`` one pool graph per structure; padded structures (``mask``) take their own size's graphs.
+def draw_pool_edges(pool, num_atoms: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """One graph per structure from ``pool`` (a :class:`~energyloss.rigidity.RigidGraphPool`), for a padded batch.
 
-    Real atoms come first in each row. Shorter edge lists are padded with the pair ``(n_b, 0)``, which touches a
-    padded slot and is ignored given the mask.
+    Structures are padded with real atoms first, so structure ``b`` with ``n_b`` atoms takes a graph of the pool
+    for ``n_b`` vertices as it is. Draws are vectorised per atom count (one ``randint`` per distinct size, in
+    increasing size). Shorter edge lists are padded with the pair ``(n_b, 0)``, which touches the first padded
+    slot and is ignored by :func:`energyloss.pair_energy_loss` given the batch's mask (the largest structure has
+    the longest list, so every padded list has a padded slot).
+
+    Args:
+        pool: graphs per vertex count. num_atoms: ``(B,)`` atom counts. generator: for the draws.
+
+    Returns:
+        ``(B, 2, E_max)`` LongTensor on the CPU.
+
+    Example:
+        >>> from energyloss.rigidity import RigidGraphPool
+        >>> edges = draw_pool_edges(RigidGraphPool(3, size=2), torch.tensor([3, 4]))
+        >>> edges.shape, edges[0].tolist()  # K3 padded to the 6 pairs of K4 with (3, 0)
+        (torch.Size([2, 2, 6]), [[0, 0, 1, 3, 3, 3], [1, 2, 2, 0, 0, 0]])
     """
-    if mask is None:
-        graphs = pool.graphs(n)
-        pick = torch.randint(graphs.shape[0], (b,), generator=generator)
-        return graphs[pick]
-    counts = mask.sum(-1).cpu()
+    counts = torch.as_tensor(num_atoms, dtype=torch.long).cpu()
     sizes = sorted(set(counts.tolist()))
     graphs = {s: pool.graphs(s) for s in sizes}
     e_max = max((g.shape[-1] for g in graphs.values()), default=0)
-    out = torch.zeros(b, 2, e_max, dtype=torch.long)
+    out = torch.zeros(counts.numel(), 2, e_max, dtype=torch.long)
     for s, g in graphs.items():
         rows = torch.nonzero(counts == s).flatten()
         pick = torch.randint(g.shape[0], (rows.numel(),), generator=generator)
@@ -355,6 +367,15 @@ def _draw_edges(pool, b: int, n: int, mask: Tensor | None, generator) -> Tensor:
         if e < e_max:
             out[rows, 0, e:] = s
     return out
+
+
+def _draw_edges(pool, b: int, n: int, mask: Tensor | None, generator) -> Tensor:
+    """``(B, 2, E)``: one pool graph per structure (all of ``n`` vertices without a mask)."""
+    if mask is None:
+        graphs = pool.graphs(n)
+        pick = torch.randint(graphs.shape[0], (b,), generator=generator)
+        return graphs[pick]
+    return draw_pool_edges(pool, mask.sum(-1), generator=generator)
 
 
 def _symmetrized(edges: Tensor, target: Tensor, mask: Tensor | None) -> list[tuple[int, Tensor]]:

@@ -30,9 +30,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "config_from_json", "load_config_file", "resolve_config"]
+__all__ = ["ArgumentParser", "build_parser", "config_from_json", "load_config_file", "resolve_config"]
 
 _NONE_WORDS = ("none", "null")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line: ``PROG: error: MESSAGE (see PROG --help)``, exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _scalar_parser(kind: type) -> Callable[[str], Any]:
@@ -121,7 +128,7 @@ def build_parser(
 
     ``base`` is the config the preset (or ``--config``) gives; its values are shown in the help.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     common = parser.add_argument_group("run")
     presets = getattr(module, "PRESETS", {})
     common.add_argument(
@@ -139,7 +146,7 @@ def build_parser(
     common.add_argument("--no-progress", action="store_true", help="plain progress lines instead of live bars")
     common.add_argument("--debug", action="store_true", help="show tracebacks")
     group = parser.add_argument_group(
-        "options", f"values after ':' are those of {'--config' if preset == 'config' else '--preset ' + preset}"
+        "options", f"values in [brackets] are those of {'--config' if preset == 'config' else '--preset ' + preset}"
     )
     help_texts: Mapping[str, str] = getattr(module, "OPTION_HELP", {})
     flags: Mapping[str, str] = getattr(module, "OPTION_FLAGS", {})
@@ -152,7 +159,7 @@ def build_parser(
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
         text = help_texts.get(field.name, "")
         shown = _show(getattr(base, field.name))
-        help_text = f"{text}: {shown}" if text else shown
+        help_text = f"{text} [{shown}]" if text else f"[{shown}]"
         if form == "scalar" and kind is bool:
             group.add_argument(
                 flag,

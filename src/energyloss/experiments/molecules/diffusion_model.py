@@ -19,15 +19,15 @@ where the positional term :math:`\ell_x` is (``position_loss``):
 ``"kabsch_mse"``   :math:`\mathrm{SNR}_t\,\frac{3}{3+F}\,\mathrm{KabschMSE}(\hat x, x)` (the authors' ``kabsch``)
 ``"energy"``       :math:`\mathrm{SNR}_t\, E(\hat x, x) / n` with :func:`energyloss.pair_energy_loss` (Eq. 11)
 ``"sparse_energy"``  the same over a globally rigid random graph per molecule, drawn from a
-                   :class:`~energyloss.rigidity.RigidGraphPool` (:func:`draw_pool_edges`; the
-                   sparse loss of :func:`energyloss.rigidity.sparse_pair_energy_loss`)
+                   :class:`~energyloss.rigidity.RigidGraphPool`
+                   (:func:`~energyloss.experiments.losses.draw_pool_edges`; the sparse loss of :func:`energyloss.rigidity.sparse_pair_energy_loss`)
 =================  =============================================================================================
 
 and :math:`\hat x = (z_{t,x} - \sigma_t \hat\epsilon_x) / \alpha_t` (:func:`energyloss.diffusion.x0_from_eps`;
 the SNR-weighted sample-space terms go through :func:`energyloss.diffusion.diffusion_sample_loss`). The energy's
 spring coefficients :math:`k_{ij}` are computed from the **target positions only**. The positional weight
-:math:`w` and learning rate default to the paper's Tables 6-7 (:func:`paper_hyperparameters`); the coefficient
-scales :math:`k_0` default to the authors' EDM constants (:data:`AUTHORS_K0`: ``42 exp(-d)``, ``5 / d``,
+:math:`w` and learning rate default to the paper's Tables 6-7 (:func:`~.registry.paper_hyperparameters`); the
+coefficient scales :math:`k_0` default to the authors' EDM constants (:data:`AUTHORS_K0`: ``42 exp(-d)``, ``5 / d``,
 ``16 / d^2``, ``1``), because Tables 6-7's weights were tuned with them.
 
 Differences from the authors' EDM fork (authors-code.md §3), all deliberate:
@@ -50,74 +50,23 @@ each molecule drawn from the training set's histogram.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from energyloss.alignment import kabsch_mse_loss
-from energyloss.atomistic import pair_energy_loss
 from energyloss.coefficients import COEFFICIENT_SCHEMES
 from energyloss.diffusion import NoiseSchedule, diffusion_sample_loss
+from energyloss.experiments.losses import make_position_loss, parse_loss_spec
 from energyloss.geometry import center, pairwise_distances
 
-__all__ = [
-    "AUTHORS_K0",
-    "PAPER_HYPERPARAMETERS",
-    "POSITION_LOSSES",
-    "MoleculeDiffusion",
-    "draw_pool_edges",
-    "make_coefficients",
-    "paper_hyperparameters",
-]
+__all__ = ["AUTHORS_K0", "MoleculeDiffusion", "make_coefficients"]
 
-#: Positional losses accepted by :class:`MoleculeDiffusion`.
-POSITION_LOSSES = ("mse", "mae", "kabsch_mse", "energy", "sparse_energy")
-
-#: The coefficient scales :math:`k_0` of the authors' EDM fork (authors-code.md §1.2), per scheme.
+#: The coefficient scales :math:`k_0` of the authors' EDM fork (authors-code.md §1.2), per scheme; a scheme not
+#: listed here uses its own default scale.
 AUTHORS_K0: dict[str, float] = {"constant": 1.0, "inverse": 5.0, "inverse_square": 16.0, "exp": 42.0}
-
-#: Paper Tables 6 (GDM) and 7 (EDM): ``(learning rate, positional loss weight)`` per loss (and coefficient).
-PAPER_HYPERPARAMETERS: dict[str, dict[str, tuple[float, float]]] = {
-    "gnn": {
-        "energy/constant": (9e-4, 0.05),
-        "energy/inverse": (7e-4, 0.05),
-        "energy/inverse_square": (6e-4, 0.05),
-        "energy/exp": (4e-4, 0.05),
-        "mse": (1e-3, 1.5),
-        "mae": (1e-3, 0.8),
-        "kabsch_mse": (8e-4, 0.8),
-    },
-    "egnn": {
-        "energy/constant": (1e-4, 0.05),
-        "energy/inverse": (1e-4, 0.05),
-        "energy/inverse_square": (1e-4, 0.1),
-        "energy/exp": (1e-4, 0.05),
-        "mse": (3e-4, 1.0),
-        "mae": (3e-4, 1.0),
-        "kabsch_mse": (3e-4, 0.8),
-    },
-}
-
-
-def paper_hyperparameters(model: str, loss: str, coefficients: str = "exp") -> tuple[float, float]:
-    """``(learning rate, positional loss weight)`` of paper Tables 6-7 for a model, loss and coefficient scheme.
-
-    ``model``: ``"gdm"``, ``"gdm-aug"`` (Table 6) or ``"egnn"`` (Table 7). The sparse energy is not in the tables
-    and takes the values of the dense energy with the same coefficients.
-
-    Example:
-        >>> paper_hyperparameters("gdm-aug", "energy", "exp"), paper_hyperparameters("egnn", "mse")
-        ((0.0004, 0.05), (0.0003, 1.0))
-    """
-    table = PAPER_HYPERPARAMETERS["egnn" if model == "egnn" else "gnn"]
-    if loss not in POSITION_LOSSES:
-        raise ValueError(f"loss must be one of {POSITION_LOSSES}, got {loss!r}")
-    key = f"energy/{coefficients}" if loss in ("energy", "sparse_energy") else loss
-    if key not in table:
-        raise ValueError(f"no paper hyper-parameters for {key!r}; known: {sorted(table)}")
-    return table[key]
 
 
 def make_coefficients(name: str, *, k0: float | None = None):
@@ -129,43 +78,8 @@ def make_coefficients(name: str, *, k0: float | None = None):
     """
     if name not in COEFFICIENT_SCHEMES:
         raise ValueError(f"coefficients must be one of {sorted(COEFFICIENT_SCHEMES)}, got {name!r}")
-    return COEFFICIENT_SCHEMES[name](k0=AUTHORS_K0[name] if k0 is None else float(k0))
-
-
-def draw_pool_edges(pool, num_atoms: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-    """One graph per molecule from ``pool`` (a :class:`~energyloss.rigidity.RigidGraphPool`), for a padded batch.
-
-    Molecules are padded EDM-style (real atoms first), so molecule ``b`` with ``n_b`` atoms takes a graph of the
-    pool for ``n_b`` vertices as it is. Draws are vectorised per atom count (one ``randint`` per distinct size,
-    not a Python loop over molecules). Shorter edge lists are padded with the pair ``(n_b, 0)``, which touches
-    the first padded slot and is ignored by :func:`energyloss.pair_energy_loss` given the batch's mask (the
-    largest molecule has the longest list, so every padded list has a padded slot).
-
-    Args:
-        pool: graphs per vertex count. num_atoms: ``(B,)`` atom counts. generator: for the draws.
-
-    Returns:
-        ``(B, 2, E_max)`` LongTensor on the CPU.
-
-    Example:
-        >>> from energyloss.rigidity import RigidGraphPool
-        >>> edges = draw_pool_edges(RigidGraphPool(3, size=2), torch.tensor([3, 4]))
-        >>> edges.shape, edges[0].tolist()  # K3 padded to the 6 pairs of K4 with (3, 0)
-        (torch.Size([2, 2, 6]), [[0, 0, 1, 3, 3, 3], [1, 2, 2, 0, 0, 0]])
-    """
-    num_atoms = torch.as_tensor(num_atoms, dtype=torch.long).cpu()
-    sizes = sorted(set(num_atoms.tolist()))
-    graphs = {n: pool.graphs(n) for n in sizes}
-    e_max = max((g.shape[-1] for g in graphs.values()), default=0)
-    out = torch.zeros(num_atoms.numel(), 2, e_max, dtype=torch.long)
-    for n, g in graphs.items():
-        rows = torch.nonzero(num_atoms == n).flatten()
-        pick = torch.randint(g.shape[0], (rows.numel(),), generator=generator)
-        e = g.shape[-1]
-        out[rows, :, :e] = g[pick]
-        if e < e_max:
-            out[rows, 0, e:] = n
-    return out
+    scale = AUTHORS_K0.get(name) if k0 is None else float(k0)
+    return COEFFICIENT_SCHEMES[name]() if scale is None else COEFFICIENT_SCHEMES[name](k0=scale)
 
 
 class _FeatureDistanceCoefficients:
@@ -197,9 +111,10 @@ class MoleculeDiffusion(nn.Module):
         n_types: number of one-hot atom types ``K``; ``F = K + 1`` with charges, ``K`` without.
         include_charges: append :math:`Z / f_2` as a feature (EDM's QM9 setting).
         steps: diffusion steps ``T`` of the polynomial schedule (power 2, precision 1e-5).
-        position_loss: one of :data:`POSITION_LOSSES`.
-        coefficients: coefficient scheme of the (sparse) energy: ``"constant"``, ``"inverse"``,
-            ``"inverse_square"``, ``"exp"``; ``k0`` its scale (default :data:`AUTHORS_K0`).
+        position_loss: a loss spec of :mod:`energyloss.experiments.losses` (``"mse"``, ``"energy:inverse"``,
+            ``"sparse_energy:exp:k=6,symmetrize"``, ...) or a :class:`~energyloss.experiments.losses.LossSpec`.
+        coefficients: coefficient scheme of an energy loss given without one (``position_loss="energy"``);
+            ``k0`` its scale (default: the spec's ``k0``, else :data:`AUTHORS_K0`).
         position_weight: :math:`w`.
         norm_factors: EDM's ``(f_0, f_1, f_2)`` for positions, one-hot and charges.
         pool: a :class:`~energyloss.rigidity.RigidGraphPool` (3-D) for ``"sparse_energy"``.
@@ -237,13 +152,14 @@ class MoleculeDiffusion(nn.Module):
         coefficient_distance: str = "positions",
     ) -> None:
         super().__init__()
-        if position_loss not in POSITION_LOSSES:
-            raise ValueError(f"position_loss must be one of {POSITION_LOSSES}, got {position_loss!r}")
-        if position_loss == "sparse_energy" and pool is None:
+        spec = parse_loss_spec(position_loss)
+        if spec.coefficients is not None and isinstance(position_loss, str) and ":" not in position_loss:
+            spec = dataclasses.replace(spec, coefficients=coefficients)  # legacy form: position_loss="energy"
+        if spec.name == "sparse_energy" and pool is None:
             raise ValueError("position_loss='sparse_energy' needs pool (a RigidGraphPool in 3-D)")
         if coefficient_distance not in ("positions", "features"):
             raise ValueError(f"coefficient_distance must be 'positions' or 'features', got {coefficient_distance!r}")
-        if coefficient_distance == "features" and position_loss != "energy":
+        if coefficient_distance == "features" and spec.name != "energy":
             raise ValueError("coefficient_distance='features' is implemented for position_loss='energy' only")
         if len(norm_factors) != 3:
             raise ValueError(f"norm_factors must hold 3 numbers (positions, one-hot, charges), got {norm_factors!r}")
@@ -253,8 +169,11 @@ class MoleculeDiffusion(nn.Module):
         self.n_features = self.n_types + int(self.include_charges)
         self.schedule = NoiseSchedule.polynomial(steps)
         self.steps = int(steps)
-        self.position_loss = position_loss
-        self.coefficients = make_coefficients(coefficients, k0=k0)
+        self.loss_spec = spec
+        self.position_loss = spec.name
+        self.coefficients = make_coefficients(
+            spec.coefficients or coefficients, k0=spec.k0 if spec.k0 is not None else k0
+        )
         self.position_weight = float(position_weight)
         self.norm_factors = tuple(float(f) for f in norm_factors)
         self.pool = pool
@@ -290,7 +209,7 @@ class MoleculeDiffusion(nn.Module):
         Drawn for a whole (global) batch, rows can be sliced per data-parallel rank and columns cut to a
         shard's padded width: every molecule's randomness depends only on its row.
         """
-        from .models import random_rotations
+        from energyloss.testing import random_rotations
 
         noise = {
             "t": torch.randint(1, self.steps + 1, (batch_size,), generator=generator),
@@ -321,39 +240,16 @@ class MoleculeDiffusion(nn.Module):
             return torch.where(m, (pred_x - eps_x).square(), 0.0).sum((1, 2)) / denom
         if kind == "mae":
             return torch.where(m, (pred_x - eps_x).abs(), 0.0).sum((1, 2)) / denom
-        if kind == "kabsch_mse":
-            per = diffusion_sample_loss(kabsch_mse_loss, pred_x, z_x, x, alpha, sigma, mask=mask, reduction="none")
-            return per * (3.0 / (3 + self.n_features))
-        if kind == "energy":
-            coefficients = self.coefficients
-            if self.coefficient_distance == "features":
-                coefficients = _FeatureDistanceCoefficients(self.coefficients, torch.cat([x, h], -1).detach())
-            return diffusion_sample_loss(
-                pair_energy_loss,
-                pred_x,
-                z_x,
-                x,
-                alpha,
-                sigma,
-                mask=mask,
-                coefficients=coefficients,
-                normalize="atoms",
-                reduction="none",
-            )
-        edges = draw_pool_edges(self.pool, mask.sum(-1), generator=gen).to(x.device)
-        return diffusion_sample_loss(
-            pair_energy_loss,
-            pred_x,
-            z_x,
-            x,
-            alpha,
-            sigma,
-            mask=mask,
-            edges=edges,
-            coefficients=self.coefficients,
-            normalize="atoms",
-            reduction="none",
+        coefficients = self.coefficients
+        if self.coefficient_distance == "features":
+            coefficients = _FeatureDistanceCoefficients(self.coefficients, torch.cat([x, h], -1).detach())
+        fn = make_position_loss(
+            self.loss_spec, dim=3, normalize="atoms", pool=self.pool, generator=gen, coefficients=coefficients
         )
+        per = diffusion_sample_loss(
+            lambda p, t, *, mask, reduction: fn(p, t, mask), pred_x, z_x, x, alpha, sigma, mask=mask, reduction="none"
+        )
+        return per * (3.0 / (3 + self.n_features)) if kind == "kabsch_mse" else per
 
     def forward(
         self,

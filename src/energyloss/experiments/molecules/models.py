@@ -18,8 +18,8 @@ authors' GDM, whose message graph includes padded atoms (authors-code.md §3.4).
   output and leaves the feature output unchanged (tested).
 - :class:`GNNDynamics` ("GDM"): a message-passing network whose node input is ``[x, h, t]``, i.e. coordinates are
   plain features and the network is not equivariant. "GDM-aug" is the same network trained on molecules rotated
-  by :func:`random_rotations` (Haar-uniform on SO(3); the authors compose three Euler rotations with uniform
-  angles, which is not Haar-uniform).
+  by :func:`energyloss.testing.random_rotations` (Haar-uniform on SO(3); the authors compose three Euler
+  rotations with uniform angles, which is not Haar-uniform).
 
 The first layer of every pair MLP is applied as ``W_a h_i + W_b h_j + W_e e_ij`` (one linear map on the
 concatenation, computed without materialising the ``(B, N, N, 2F)`` concatenation).
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from energyloss.geometry import center
 
-__all__ = ["EGNNDynamics", "GNNDynamics", "build_dynamics", "count_parameters", "random_rotations"]
+__all__ = ["EGNNDynamics", "GNNDynamics", "build_dynamics", "count_parameters"]
 
 
 def _check_inputs(x: Tensor, h: Tensor, t: Tensor, mask: Tensor, in_node_nf: int) -> None:
@@ -250,19 +250,20 @@ class GNNDynamics(nn.Module):
         return center(out[..., :3], mask=mask), out[..., 3:]
 
 
-def build_dynamics(model: str, in_node_nf: int, *, hidden_nf: int, n_layers: int, **kwargs) -> nn.Module:
-    """The denoiser for a model name: ``"egnn"`` -> :class:`EGNNDynamics`; ``"gdm"``/``"gdm-aug"`` ->
-    :class:`GNNDynamics` (augmentation is a property of training, not of the network).
+def build_dynamics(name: str, in_node_nf: int, *, hidden_nf: int, n_layers: int, **kwargs) -> nn.Module:
+    """The denoiser network ``"gnn"`` (:class:`GNNDynamics`) or ``"egnn"`` (:class:`EGNNDynamics`); a model name of
+    the registry (:mod:`.registry`, e.g. ``"gdm-aug"``) builds that model's network.
 
     Example:
         >>> type(build_dynamics("gdm-aug", 6, hidden_nf=8, n_layers=1)).__name__
         'GNNDynamics'
     """
-    if model == "egnn":
-        return EGNNDynamics(in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers, **kwargs)
-    if model in ("gdm", "gdm-aug"):
-        return GNNDynamics(in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers, **kwargs)
-    raise ValueError(f"model must be 'gdm', 'gdm-aug' or 'egnn', got {model!r}")
+    networks = {"gnn": GNNDynamics, "egnn": EGNNDynamics}
+    if name not in networks:
+        from .registry import get_model
+
+        name = get_model(name).dynamics
+    return networks[name](in_node_nf, hidden_nf=hidden_nf, n_layers=n_layers, **kwargs)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -273,37 +274,3 @@ def count_parameters(module: nn.Module) -> int:
         8
     """
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def random_rotations(
-    n: int, *, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None
-) -> Tensor:
-    r"""``n`` rotation matrices drawn from the Haar (uniform) measure on SO(3): ``(n, 3, 3)``.
-
-    A standard normal 4-vector normalised to the unit sphere is a uniform unit quaternion :math:`q`, and
-    :math:`q \mapsto R(q)` pushes the uniform measure on :math:`S^3` to the Haar measure on SO(3). Drawn in float64
-    on the CPU from ``generator`` (so results do not depend on the device), then cast.
-
-    Example:
-        >>> r = random_rotations(2, generator=torch.Generator().manual_seed(0))
-        >>> torch.allclose(r @ r.mT, torch.eye(3).expand(2, 3, 3), atol=1e-6), torch.linalg.det(r).round().tolist()
-        (True, [1.0, 1.0])
-    """
-    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
-    q = q / q.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
-    w, x, y, z = q.unbind(-1)
-    rot = torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y - z * w),
-            2 * (x * z + y * w),
-            2 * (x * y + z * w),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z - x * w),
-            2 * (x * z - y * w),
-            2 * (y * z + x * w),
-            1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(n, 3, 3)
-    return rot.to(dtype=dtype, device=device)

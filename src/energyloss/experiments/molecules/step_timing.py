@@ -8,8 +8,8 @@ For one padded batch of QM9 training molecules, :func:`step_breakdown` times, ea
   "Loss computation" row measures), for MSE, MAE, Kabsch-aligned MSE, the energy (exp coefficients) and the
   sparse energy. The sparse loss is timed with its edges given, as the authors' data loader supplies them;
   ``edges[sparse]`` is the separate cost of drawing one pool graph per molecule on the CPU
-  (:func:`~.diffusion_model.draw_pool_edges`, what the trainer does each step) and ``edges[batch_edges]`` that
-  of :meth:`energyloss.rigidity.RigidGraphPool.batch_edges` (a Python loop over the molecules);
+  (:func:`~energyloss.experiments.losses.draw_pool_edges`, what the trainer does each step) and
+  ``edges[batch_edges]`` that of :meth:`energyloss.rigidity.RigidGraphPool.batch_edges` (a Python loop over the molecules);
 - ``loss_backward[<name>]``: the loss's own backward to the network output (not in the paper's table);
 - ``backward``: the backward pass of the whole training loss through the network;
 - ``optimizer``: one Adam step.
@@ -34,7 +34,8 @@ from energyloss.atomistic import pair_energy_loss
 from energyloss.diffusion import diffusion_sample_loss
 from energyloss.rigidity import RigidGraphPool
 
-from .diffusion_model import MoleculeDiffusion, draw_pool_edges, make_coefficients
+from ..losses import draw_pool_edges
+from .diffusion_model import MoleculeDiffusion, make_coefficients
 from .models import build_dynamics, count_parameters
 
 __all__ = ["step_breakdown"]
