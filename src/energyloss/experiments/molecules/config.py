@@ -149,13 +149,13 @@ def _preset(**changes: Any) -> QM9Config:
     return dataclasses.replace(QM9Config(), **changes)
 
 
-#: ``smoke``: about two minutes on a CPU: a small real QM9 subset (3,000 molecules of the training split, 186
-#: steps) when the QM9 cache exists, else synthetic molecules (the summary says which). ``default``: the CPU preset, sized for a
-#: compute-matched MSE vs energy comparison of GDM-aug in about an hour on 2 cores (one thread per run); both
+#: ``smoke``: about two minutes on a CPU: a small real QM9 subset (3,000 molecules of the training split, 186 steps)
+#: when the QM9 cache exists, else synthetic molecules (the summary says which). ``default``: the CPU preset, sized
+#: for a compute-matched MSE vs energy comparison of GDM-aug in about an hour on 2 cores (one thread per run); both
 #: losses at lr 1e-3 (Table 6's MSE value: Table 6's energy value, 4e-4, tuned for batch 512 and 3000 epochs, left
-#: the energy run behind MSE from epoch 2.5 on at this scale; docs/results/qm9.md §1). ``paper``: App. C.2.1
-#: (9 layers, 256 features, 1000 steps, 3000 epochs, EMA 0.9999, the registry's paper batch size: 512 for GDM and
-#: 400 for EDM) with EDM's evaluation (500 samples every 10 epochs, 10,000 at the end).
+#: the energy run behind MSE from epoch 2.5 on at this scale; docs/results/qm9.md §1). ``paper``: App. C.2.1 (9
+#: layers, 256 features, 1000 steps, 3000 epochs, EMA 0.9999, the registry's paper batch size: 512 for GDM and 400
+#: for EDM) with EDM's evaluation (500 samples every 10 epochs, 10,000 at the end).
 PRESETS: dict[str, QM9Config] = {
     "smoke": _preset(
         data="auto",

@@ -20,7 +20,8 @@ where the positional term :math:`\ell_x` is (``position_loss``):
 ``"energy"``       :math:`\mathrm{SNR}_t\, E(\hat x, x) / n` with :func:`energyloss.pair_energy_loss` (Eq. 11)
 ``"sparse_energy"``  the same over a globally rigid random graph per molecule, drawn from a
                    :class:`~energyloss.rigidity.RigidGraphPool`
-                   (:func:`~energyloss.experiments.losses.draw_pool_edges`; the sparse loss of :func:`energyloss.rigidity.sparse_pair_energy_loss`)
+                   (:func:`~energyloss.experiments.losses.draw_pool_edges`; the sparse loss of
+                   :func:`energyloss.rigidity.sparse_pair_energy_loss`)
 =================  =============================================================================================
 
 and :math:`\hat x = (z_{t,x} - \sigma_t \hat\epsilon_x) / \alpha_t` (:func:`energyloss.diffusion.x0_from_eps`;

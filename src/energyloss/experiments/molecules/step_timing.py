@@ -9,7 +9,8 @@ For one padded batch of QM9 training molecules, :func:`step_breakdown` times, ea
   sparse energy. The sparse loss is timed with its edges given, as the authors' data loader supplies them;
   ``edges[sparse]`` is the separate cost of drawing one pool graph per molecule on the CPU
   (:func:`~energyloss.experiments.losses.draw_pool_edges`, what the trainer does each step) and
-  ``edges[batch_edges]`` that of :meth:`energyloss.rigidity.RigidGraphPool.batch_edges` (a Python loop over the molecules);
+  ``edges[batch_edges]`` that of :meth:`energyloss.rigidity.RigidGraphPool.batch_edges` (a Python loop over the
+  molecules);
 - ``loss_backward[<name>]``: the loss's own backward to the network output (not in the paper's table);
 - ``backward``: the backward pass of the whole training loss through the network;
 - ``optimizer``: one Adam step.
