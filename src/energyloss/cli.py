@@ -7,14 +7,14 @@ Sub-commands::
     energyloss data qm9 [--summary]                          # prepare / describe a data set
     energyloss eval-molecules PATH | --reference qm9-train   # molecule metrics on a file
 
-Each experiment lives in its own module under :mod:`energyloss.experiments` and exposes
+Each experiment lives in its own module under :mod:`energyloss.experiments` and exposes ``DESCRIPTION`` (one line
+for ``energyloss list``), ``CONFIG`` (its config dataclass), ``PRESETS``, ``OPTION_HELP`` and
+``run_config(cfg, *, out, preset)``; its options are generated from the dataclass by
+:mod:`energyloss.experiments.options`. The other commands expose ``add_arguments(parser)`` and ``run(args)``.
 
-- ``DESCRIPTION``: one line for ``energyloss list``;
-- ``add_arguments(parser)``: its options (``--preset`` and ``--out`` are added here, for all);
-- ``run(args) -> int | None``: runs it and returns an exit status.
-
-Modules are imported only when their experiment is asked for, so ``energyloss --help`` is fast and an
-experiment's optional dependencies are needed only when that experiment runs.
+Modules are imported only when their experiment is asked for, so an experiment's optional dependencies are needed
+only when that experiment runs. Errors are one line (argparse errors exit 2, others 1); ``--debug`` shows the
+traceback; Ctrl-C prints the command that resumes the run (exit 130).
 """
 
 from __future__ import annotations

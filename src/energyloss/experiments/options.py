@@ -140,7 +140,10 @@ def build_parser(
     )
     common.add_argument("--config", metavar="FILE", help="start from a config.json (of a run folder) instead")
     common.add_argument(
-        "--out", metavar="DIR", help="run folder (default: a dated folder under runs/); reusing it resumes the run"
+        "--out",
+        metavar="DIR",
+        help="run folder (default: a dated folder under runs/); rerunning into it continues the run where the "
+        "experiment keeps its state (all but timing)",
     )
     common.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     common.add_argument("--no-progress", action="store_true", help="plain progress lines instead of live bars")
