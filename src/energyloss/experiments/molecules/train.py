@@ -30,6 +30,7 @@ from .config import (
     OPTION_HELP,
     PRESETS,
     QM9_ELEMENTS,
+    RESUME_KEYS,
     QM9Config,
     add_extra_arguments,
     extra_overrides,
@@ -61,22 +62,7 @@ DESCRIPTION = "QM9 molecule diffusion (GDM, GDM-aug, EDM) with MSE / MAE / Kabsc
 CONFIG = QM9Config
 OPTION_EXCLUDE: tuple[str, ...] = ()
 #: Sweep settings that a run folder must keep: a change is refused (its losses' checkpoints could not resume).
-_FIXED = (
-    "model",
-    "data",
-    "dataset_frac",
-    "max_molecules",
-    "hidden_nf",
-    "n_layers",
-    "diffusion_steps",
-    "batch_size",
-    "lr",
-    "position_weight",
-    "k0",
-    "coefficient_distance",
-    "optimizer",
-    "seed",
-)
+_FIXED = tuple(k for k in RESUME_KEYS if k != "loss")
 _PERCENT = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
 
 
