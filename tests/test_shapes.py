@@ -8,13 +8,15 @@ import math
 import pytest
 import torch
 
-from energyloss.experiments.shapes.config import PRESETS, ShapesConfig, parse_loss_spec
+from energyloss.experiments.losses import POSITION_LOSSES, parse_loss_spec
+from energyloss.experiments.shapes.config import PRESETS, ShapesConfig
 from energyloss.experiments.shapes.data import polygon_angles, regular_polygon, sample_shapes
 from energyloss.experiments.shapes.experiment import plan_tasks, select_best
-from energyloss.experiments.shapes.losses import LOSSES, make_loss
 from energyloss.experiments.shapes.metrics import distance_rmse, quality_scores, radius_ratio, shape_metrics
 from energyloss.experiments.shapes.models import StackedAdam, StackedMLP
-from energyloss.experiments.shapes.train import ModelSpec, train_group
+from energyloss.experiments.shapes.train import ModelSpec, make_shape_loss, train_group
+
+LOSSES = tuple(POSITION_LOSSES)
 
 
 def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
@@ -208,13 +210,8 @@ def test_stacked_adam_equals_torch_adam_per_model():
 def test_losses_zero_at_target_and_invariance(spec):
     from energyloss.rigidity import RigidGraphPool
 
-    loss, coefficients = parse_loss_spec(spec)
-    fn = make_loss(
-        loss,
-        coefficients=coefficients,
-        pool=RigidGraphPool(2, size=3, seed=0),
-        generator=torch.Generator().manual_seed(0),
-    )
+    loss = parse_loss_spec(spec).name
+    fn = make_shape_loss(spec, pool=RigidGraphPool(2, size=3, seed=0), generator=torch.Generator().manual_seed(0))
     radius = torch.tensor([0.5, 2.0, 4.0])
     y = regular_polygon(radius, 10)
     assert fn(y, y).shape == (3,)
@@ -226,18 +223,56 @@ def test_losses_zero_at_target_and_invariance(spec):
         assert float(fn(rotated, y).abs().max()) < 1e-4
 
 
-def test_make_loss_errors():
-    with pytest.raises(ValueError, match="loss must be one of"):
-        make_loss("huber")
-    with pytest.raises(ValueError, match="coefficient"):
-        make_loss("energy")
+def test_shape_losses_are_the_experiments_loss_vocabulary():
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_shape_loss("huber")
     with pytest.raises(ValueError, match="takes no coefficients"):
-        make_loss("mse", coefficients="exp")
-    with pytest.raises(ValueError, match="RigidGraphPool"):
-        make_loss("sparse_energy", coefficients="exp")
+        make_shape_loss("mse:exp")
     with pytest.raises(ValueError, match="unknown loss"):
         parse_loss_spec("energy_sparse:exp")
     assert set(LOSSES) == {"mse", "mae", "kabsch_mse", "energy", "sparse_energy"}
+    # a bare energy is energy:exp; the config keeps canonical spellings
+    cfg = ShapesConfig(losses=("energy", "kabsch", "sparse_energy"), flow_losses=("energy",)).validate()
+    assert cfg.losses == ("energy:exp", "kabsch_mse", "sparse_energy:exp") and cfg.flow_losses == ("energy:exp",)
+    assert [parse_loss_spec(s).label for s in cfg.losses] == ["energy[exp]", "kabsch_mse", "sparse_energy[exp]"]
+
+
+def test_shape_losses_equal_the_library_calls_they_replaced():
+    """energy: pair_energy_loss(normalize="pairs"); sparse energy: one pool graph per structure, same draws."""
+    from energyloss import pair_energy_loss
+    from energyloss.rigidity import RigidGraphPool
+
+    gen = torch.Generator().manual_seed(5)
+    target = regular_polygon(torch.tensor([0.5, 1.0, 3.0, 4.5], dtype=torch.float64), 12)
+    pred = target + 0.1 * torch.randn(target.shape, generator=gen, dtype=torch.float64)
+    for scheme in ("constant", "inverse", "inverse_square", "exp"):
+        want = pair_energy_loss(pred, target, coefficients=scheme, normalize="pairs", reduction="none")
+        assert torch.equal(make_shape_loss(f"energy:{scheme}")(pred, target), want)
+    pool = RigidGraphPool(2, k=4, size=5, seed=0)
+    fn = make_shape_loss("sparse_energy:exp", pool=pool, generator=torch.Generator().manual_seed(7))
+    ref_gen = torch.Generator().manual_seed(7)
+    for _ in range(3):  # consecutive steps draw consecutive graphs from the same generator
+        graphs = pool.graphs(12)
+        edges = graphs[torch.randint(graphs.shape[0], (4,), generator=ref_gen)]
+        want = pair_energy_loss(pred, target, coefficients="exp", edges=edges, normalize="pairs", reduction="none")
+        assert torch.equal(fn(pred, target), want)
+
+
+def test_seed_of_keeps_the_seeds_of_earlier_runs():
+    """Every part is encoded as its string, as the experiment's former derived_seed did."""
+    import numpy as np
+
+    from energyloss.experiments.shapes.train import seed_of
+
+    def former(*parts):
+        words = []
+        for part in parts:
+            data = str(part).encode()
+            words.extend([len(data), *data])
+        return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+
+    for parts in [(0, "train"), ("val",), (3, "init"), ("sparse_energy", "exp", 20, "graphs"), ("mse", None, 5)]:
+        assert seed_of(*parts) == former(*parts), parts
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -255,10 +290,10 @@ def test_invariant_losses_do_not_see_the_augmentation_and_mse_does():
     train, val, test = _tiny_sets(512)
     specs = [ModelSpec(0.0, 1e-2, 0), ModelSpec(math.pi, 1e-2, 0)]
     kw = dict(train_sets=train, val=val, test=test, epochs=4, batch_size=64)
-    energy, _ = train_group("energy", "exp", 8, specs, **kw)
+    energy, _ = train_group("energy:exp", 8, specs, **kw)
     assert energy[0]["quality"] == pytest.approx(energy[1]["quality"], abs=1e-2)
     assert energy[0]["distance_rmse"] == pytest.approx(energy[1]["distance_rmse"], rel=1e-2, abs=1e-4)
-    mse, _ = train_group("mse", None, 8, specs, **kw)
+    mse, _ = train_group("mse", 8, specs, **kw)
     assert mse[1]["radius_ratio"] < 0.5 < mse[0]["radius_ratio"]  # full rotation averages the shape away
     assert mse[1]["distance_rmse"] > 5 * mse[0]["distance_rmse"]
 
@@ -268,7 +303,6 @@ def test_train_group_records_and_divergence_guard():
     specs = [ModelSpec(1.0, 1e-3, 0), ModelSpec(1.0, 1e12, 0)]  # the second learning rate blows up
     records, figure = train_group(
         "kabsch_mse",
-        None,
         6,
         specs,
         train_sets=train,
@@ -353,7 +387,7 @@ def test_plan_tasks_groups_and_deduplicates():
     assert len(mse20["specs"]) == 2 * 2 * 2  # theta in {0, pi} (the main setting is shared) x 2 lrs x 2 seeds
     assert all(mse20["specs"][i][0] == pytest.approx(math.pi) for i in mse20["figure_specs"])
     assert PRESETS["paper"].n_train == 100_000 and PRESETS["paper"].epochs == 50
-    with pytest.raises(ValueError, match="select_by"):
+    with pytest.raises(ValueError, match="--select-by"):
         ShapesConfig(select_by="loss").validate()
 
 
@@ -431,8 +465,10 @@ def test_cli_end_to_end_every_loss(tmp_path, capsys):
         str(out),
     ]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "Loss comparison" in printed and "sparse_energy[exp]" in printed
+    assert "\r" not in captured.out + captured.err  # stderr is not a terminal here: plain lines, no bars
     for name in (
         "config.json",
         "metrics.json",
@@ -476,13 +512,34 @@ def test_cli_end_to_end_every_loss(tmp_path, capsys):
     assert main(args) == 0
     again = json.loads((out / "metrics.json").read_text())["records"]
     assert [r["quality"] for r in again] == [r["quality"] for r in records]
-    assert "resuming" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming" in err and " done " not in err
 
 
-def test_cli_rejects_bad_options_cleanly(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("argv", "flag", "words"),
+    [
+        (["--epochs", "-1"], "--epochs", "positive integer"),
+        (["--losses", "foo"], "--losses", "unknown loss"),
+        (["--theta-aug", "2"], "--theta-aug", "fractions of pi"),
+        (["--batch-size", "0"], "--batch-size", "positive integer"),
+        (["--workers", "0"], "--workers", "positive integer"),
+        (["--n-train", "64", "--batch-size", "128"], "--batch-size", "must not exceed"),
+        (["--lrs", "none"], "--lrs", "at least one"),
+        (["--n-losses", "mse,energy:cubic"], "--n-losses", "coefficient scheme"),
+        (["--losses", "mse,mse"], "--losses", "twice"),
+        (["--graph-degree", "3"], "--graph-degree", "never globally rigid"),
+        (["--n-losses", "sparse_energy:exp:k=5", "--n-sweep", "5,9"], "--n-losses", "both odd"),
+        (["--select-by", "loss"], "--select-by", "invalid choice"),
+    ],
+)
+def test_cli_rejects_bad_options_with_one_line_naming_them(tmp_path, capsys, argv, flag, words):
     from energyloss.cli import main
 
-    assert main(["run", "shapes", "--losses", "energy", "--out", str(tmp_path / "a")]) == 2
-    assert "needs a coefficient scheme" in capsys.readouterr().err
-    assert main(["run", "shapes", "--theta-aug", "2", "--out", str(tmp_path / "b")]) == 2
-    assert "fractions of pi" in capsys.readouterr().err
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "shapes", *argv, "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and flag in err and words in err, err
+    assert not out.exists()  # nothing is started

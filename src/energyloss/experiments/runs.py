@@ -290,7 +290,15 @@ def format_seconds(seconds: float) -> str:
 
 
 def log(message: str) -> None:
-    """One plain line on stderr, flushed (progress, resume notes, warnings)."""
+    """One plain line on stderr, flushed (progress, resume notes, warnings); above the live bars while they draw."""
+    if live_bars():
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover - tqdm is in the experiments extra
+            pass
+        else:
+            tqdm.write(message, file=sys.stderr)
+            return
     print(message, file=sys.stderr, flush=True)
 
 

@@ -9,98 +9,110 @@ shape. The run trains every loss over a learning-rate grid and seeds, sweeps ``t
 - ``config.json`` (resolved configuration, machine), ``metrics.json`` (``records``: one per trained model;
   ``flow_records``; ``summary`` rows), ``records.csv``, ``flow_records.csv``;
 - ``fig3a_samples.png``, ``fig3b_theta.png``, ``fig3c_vertices.png``, ``flow_samples.png``;
-- ``summary.md`` (also printed); ``groups/`` (per-group results, used to resume an interrupted run).
+- ``summary.md`` (also printed); ``groups/`` (per-group results, used to resume an interrupted run: a rerun with
+  the same ``--out`` keeps the groups trained with the same settings).
 
-Modules: :mod:`.data` (polygons), :mod:`.metrics` (quality, distance RMSE, radius ratio), :mod:`.losses`,
-:mod:`.models` (stacked MLPs, per-model-rate Adam), :mod:`.train`, :mod:`.flow`, :mod:`.experiment`, :mod:`.plots`.
+Losses are specs of the experiments' one vocabulary (:mod:`energyloss.experiments.losses`), e.g. ``mse``,
+``kabsch_mse``, ``energy:exp``, ``sparse_energy:exp``. The options are generated from :class:`ShapesConfig`
+(:mod:`energyloss.experiments.options`): ``energyloss run shapes --help`` lists them with the preset's values.
+
+Modules: :mod:`.config` (settings, presets), :mod:`.data` (polygons), :mod:`.metrics` (quality, distance RMSE, radius
+ratio), :mod:`.models` (stacked MLPs, per-model-rate Adam), :mod:`.train`, :mod:`.flow`, :mod:`.experiment`,
+:mod:`.plots`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
-import sys
 import time
 
+from energyloss.experiments.losses import parse_loss_spec
 from energyloss.experiments.runs import (
-    apply_overrides,
+    log,
     machine_info,
-    make_run_dir,
+    open_run_folder,
     write_csv,
     write_json,
     write_summary,
 )
 
-from .config import ALL_LOSS_SPECS, PRESETS, SELECT_BY, ShapesConfig, parse_loss_spec, pi_label
+from .config import ALL_LOSS_SPECS, FLAGS, PRESETS, SELECT_BY, ShapesConfig, pi_label, record_spec
 from .experiment import plan_tasks, run_tasks, select_best, summary_markdown, summary_rows
 
-__all__ = ["DESCRIPTION", "PRESETS", "ShapesConfig", "add_arguments", "run"]
+__all__ = [
+    "CONFIG",
+    "DESCRIPTION",
+    "OPTION_CHOICES",
+    "OPTION_FLAGS",
+    "OPTION_HELP",
+    "PRESETS",
+    "ShapesConfig",
+    "run_config",
+]
 
 DESCRIPTION = (
     "regular polygons from their radius (paper 6.1, Fig. 3): MSE / MAE / Kabsch / energy / sparse energy "
     "under rotation augmentation, vs theta_aug and N, plus flow matching"
 )
 
-# CLI option -> (config field, type, nargs)
-_OPTIONS: list[tuple[str, str, type, str | None, str]] = [
-    ("--n-train", "n_train", int, None, "training shapes per seed"),
-    ("--n-val", "n_val", int, None, "validation shapes (learning-rate selection)"),
-    ("--n-test", "n_test", int, None, "test shapes"),
-    ("--epochs", "epochs", int, None, "training epochs"),
-    ("--batch-size", "batch_size", int, None, "shapes per step and model"),
-    ("--hidden", "hidden", int, "+", "hidden widths of the MLP (paper: 64 64)"),
-    ("--lrs", "lrs", float, "+", "learning-rate grid (Adam)"),
-    ("--seeds", "seeds", int, "+", "seeds (mean ± std over them)"),
-    ("--select-by", "select_by", str, None, f"validation metric picking the learning rate: {', '.join(SELECT_BY)}"),
-    ("--n-vertices", "n_vertices", int, None, "N of the loss comparison and the theta sweep"),
-    ("--theta-aug", "theta_aug_over_pi", float, None, "augmentation angle of the loss comparison, in units of pi"),
-    ("--losses", "losses", str, "+", f"losses compared (loss or loss:coefficients); all: {' '.join(ALL_LOSS_SPECS)}"),
-    ("--theta-sweep", "theta_sweep", float, "*", "theta_aug values of Fig. 3b, in units of pi (none: skip)"),
-    ("--theta-losses", "theta_losses", str, "+", "losses of the theta sweep"),
-    ("--n-sweep", "n_sweep", int, "*", "vertex counts of Fig. 3c (none: skip)"),
-    ("--n-losses", "n_losses", str, "+", "losses of the vertex sweep"),
-    ("--graph-pool-size", "graph_pool_size", int, None, "random rigid graphs per N for sparse_energy"),
-    ("--graph-degree", "graph_degree", int, None, "degree k of the sparse graphs (paper: 2D = 4)"),
-    ("--flow-losses", "flow_losses", str, "*", "losses of the flow-matching variant (none: skip it)"),
-    ("--flow-n-train", "flow_n_train", int, None, "flow matching: training shapes per seed"),
-    ("--flow-epochs", "flow_epochs", int, None, "flow matching: epochs"),
-    ("--flow-batch-size", "flow_batch_size", int, None, "flow matching: batch size"),
-    ("--flow-lrs", "flow_lrs", float, "+", "flow matching: learning-rate grid"),
-    ("--flow-seeds", "flow_seeds", int, "+", "flow matching: seeds"),
-    ("--flow-sample-steps", "flow_sample_steps", int, None, "flow matching: Euler steps when sampling"),
-    ("--workers", "workers", int, None, "parallel worker processes (one thread each)"),
-    ("--threads", "threads", int, None, "torch threads when --workers 1"),
-    ("--device", "device", str, None, "torch device to train on (cpu, cuda); data and metrics stay on the CPU"),
-]
+CONFIG = ShapesConfig
 
+_SPECS = "loss specs NAME[:SCHEME[:OPTIONS]]"
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``energyloss run shapes`` (each overrides the preset's value when given)."""
-    for flag, dest, typ, nargs, help_text in _OPTIONS:
-        parser.add_argument(flag, dest=dest, type=typ, nargs=nargs, default=None, help=help_text)
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-
-
-def _config_from_args(args: argparse.Namespace) -> ShapesConfig:
-    base = PRESETS[getattr(args, "preset", "default") or "default"]
-    overrides = {}
-    for _, dest, _, nargs, _ in _OPTIONS:
-        value = getattr(args, dest, None)
-        if value is not None and nargs in ("+", "*"):
-            value = tuple(value)
-        overrides[dest] = value
-    return apply_overrides(base, overrides).validate()
+#: Help of every option (``energyloss run shapes --help`` adds the value of the preset).
+OPTION_HELP: dict[str, str] = {
+    "n_train": "training shapes per seed",
+    "n_val": "validation shapes (learning-rate selection)",
+    "n_test": "test shapes",
+    "radius_range": "r_min,r_max of the radius distribution U[r_min, r_max]",
+    "hidden": "hidden widths of the MLP (paper: 64,64)",
+    "epochs": "training epochs",
+    "batch_size": "shapes per step and model",
+    "lrs": "learning-rate grid (Adam)",
+    "seeds": "seeds (mean ± std over them)",
+    "select_by": f"validation metric picking the learning rate: {', '.join(SELECT_BY)}",
+    "n_vertices": "N of the loss comparison and the theta sweep",
+    "theta_aug_over_pi": "augmentation angle of the loss comparison, in units of pi",
+    "losses": f"losses compared, {_SPECS} (mse, mae, kabsch_mse, energy:SCHEME, sparse_energy:SCHEME); "
+    f"all: {','.join(ALL_LOSS_SPECS)}",
+    "theta_sweep": "theta_aug values of Fig. 3b, in units of pi (none: skip)",
+    "theta_losses": "losses of the theta sweep",
+    "n_sweep": "vertex counts of Fig. 3c (none: skip)",
+    "n_losses": "losses of the vertex sweep",
+    "graph_degree": "degree k of the sparse graphs (paper: 2D = 4); a spec's k=K overrides it",
+    "graph_pool_size": "random rigid graphs per N for sparse_energy",
+    "graph_seed": "seed of the sparse graph pools",
+    "flow_losses": "losses of the flow-matching variant (none: skip it)",
+    "flow_n_train": "flow matching: training shapes per seed",
+    "flow_epochs": "flow matching: epochs",
+    "flow_batch_size": "flow matching: batch size",
+    "flow_hidden": "flow matching: hidden widths of the velocity MLP",
+    "flow_lrs": "flow matching: learning-rate grid",
+    "flow_seeds": "flow matching: seeds",
+    "flow_sample_steps": "flow matching: Euler steps when sampling",
+    "flow_t_min": "flow matching: smallest training time t (the 1/t^2 weight is infinite at 0)",
+    "flow_noise_scale": "flow matching: standard deviation of the noise",
+    "flow_n_test": "flow matching: test shapes",
+    "n_figure": "shapes drawn per panel of the sample figures",
+    "plots": "write the PNG figures (--no-plots: skip them)",
+    "workers": "parallel worker processes (one thread each)",
+    "threads": "torch threads when --workers 1 (none: torch's default)",
+    "device": "torch device to train on (cpu, cuda); data and metrics stay on the CPU",
+}
+#: Flags that are not the field name.
+OPTION_FLAGS: dict[str, str] = dict(FLAGS)
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"select_by": SELECT_BY}
 
 
 def _figures(results: dict) -> dict:
+    """``{(task, loss spec, seed, lr): figure shapes}`` of every trained group."""
     out = {}
     for res in results.values():
         task = res["task"]
         kind = "flow_matching" if task["kind"] == "flow" else "regression"
         for idx, shapes in res.get("figure", {}).items():
             _, lr, seed = task["specs"][int(idx)]
-            out[(kind, task["loss"], task["coefficients"], seed, lr)] = shapes
+            out[(kind, str(record_spec(task)), seed, lr)] = shapes
     return out
 
 
@@ -130,26 +142,20 @@ def _reading(cfg: ShapesConfig, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the experiment for the parsed ``args`` (see :func:`add_arguments`); return 0 (2 for a bad option)."""
-    try:
-        cfg = _config_from_args(args)
-    except ValueError as err:
-        print(f"energyloss run shapes: {err}", file=sys.stderr)
-        return 2
-    preset = getattr(args, "preset", "default") or "default"
-    run_dir = make_run_dir(getattr(args, "out", None), "shapes")
+def run_config(cfg: ShapesConfig, *, out: str | None, preset: str) -> int:
+    """Run the experiment for a resolved, validated ``cfg`` into the run folder ``out`` (default: a dated one).
+
+    Reusing a folder resumes its run: groups saved there with the same settings are kept (see
+    :func:`.experiment.run_tasks`), the others are trained.
+    """
+    run_dir = open_run_folder(out, "shapes", cfg, preset=preset)
     machine = machine_info()
-    write_json(
-        run_dir / "config.json",
-        {"preset": preset, "config": dataclasses.asdict(cfg), "machine": machine, "argv": sys.argv},
-    )
+    how = "--config" if preset == "config" else f"--preset {preset}"
     tasks = plan_tasks(cfg)
     n_models = sum(len(t["specs"]) for t in tasks)
-    print(
-        f"energyloss run shapes --preset {preset}: {n_models} models in {len(tasks)} groups, "
-        f"{cfg.workers} worker(s); run folder {run_dir}",
-        file=sys.stderr,
+    log(
+        f"energyloss run shapes {how}: {n_models} models in {len(tasks)} groups, "
+        f"{cfg.workers} worker(s); run folder {run_dir}"
     )
     start = time.perf_counter()
     results = run_tasks(tasks, cfg, run_dir)
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     rows = summary_rows(records)
     flow_rows = summary_rows(flow_records)
     header = (
-        f"## energyloss run shapes --preset {preset}\n\n"
+        f"## energyloss run shapes {how}\n\n"
         f"{n_models} models, {wall:.0f} s wall ({cfg.workers} worker(s)); {machine['date']}, "
         f"{machine['platform']}, {machine['cpu_count']} CPUs, torch {machine['torch']}. Run folder: {run_dir}"
     )
@@ -184,10 +190,10 @@ def run(args: argparse.Namespace) -> int:
     write_csv(run_dir / "records.csv", records)
     if flow_records:
         write_csv(run_dir / "flow_records.csv", flow_records)
-    if not getattr(args, "no_plots", False):
+    if cfg.plots:
         _plot_all(cfg, run_dir, records, flow_records, rows, figures)
     write_summary(run_dir, text)
-    print(f"\nrun folder: {run_dir}", file=sys.stderr)
+    log(f"\nrun folder: {run_dir}")
     return 0
 
 
@@ -214,7 +220,7 @@ def _plot_all(cfg, run_dir, records, flow_records, rows, figures) -> None:
             limit=hi * 1.1,
             title=f"Fig. 3a: predictions, θ_aug = {pi_label(cfg.theta_aug_over_pi)}, N = {cfg.n_vertices}",
         )
-    theta_labels = {f"{lo_}[{co}]" if co else lo_ for lo_, co in map(parse_loss_spec, cfg.theta_losses)}
+    theta_labels = {parse_loss_spec(s).label for s in cfg.theta_losses}
     theta_rows = [r for r in rows if r["N"] == cfg.n_vertices and r["loss"] in theta_labels]
     if len({r["theta_aug/pi"] for r in theta_rows}) > 1:
         plot_sweep(
@@ -224,7 +230,7 @@ def _plot_all(cfg, run_dir, records, flow_records, rows, figures) -> None:
             xlabel="θ_aug / π",
             title=f"Fig. 3b: rotation augmentation, N = {cfg.n_vertices} (best lr, mean ± std over seeds)",
         )
-    n_labels = {f"{lo_}[{co}]" if co else lo_ for lo_, co in map(parse_loss_spec, cfg.n_losses)}
+    n_labels = {parse_loss_spec(s).label for s in cfg.n_losses}
     n_rows = [
         r for r in rows if math.isclose(r["theta_aug/pi"], round(cfg.theta_aug_over_pi, 4)) and r["loss"] in n_labels
     ]

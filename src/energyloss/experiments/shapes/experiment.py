@@ -1,10 +1,12 @@
 r"""Run the regular-shape experiment: plan the models, train them (in parallel), select, tabulate, plot.
 
 Plan. The three studies (loss comparison, augmentation sweep, vertex sweep) are unions of *settings*
-``(loss, coefficients, theta_aug, N)``; each setting is trained at every learning rate and seed. Models that share
+``(loss spec, theta_aug, N)``; each setting is trained at every learning rate and seed. Models that share
 the loss and ``N`` form one *group*, trained as a single stack (:func:`.train.train_group`). Groups run in
-``workers`` processes (one thread each) and are saved to ``groups/<name>.json`` in the run folder as they finish,
-so an interrupted run resumes where it stopped (a group is reused only when its configuration is unchanged).
+``workers`` processes (one thread each) and are saved to ``groups/<name>.json`` in the run folder as they finish
+(a :class:`~energyloss.experiments.runs.JobStore`), so an interrupted run resumes where it stopped. A saved group is
+reused only when the fingerprint of every setting that can change it (:func:`job_settings`) is unchanged; a group
+trained with other settings, or a corrupt file (reported with its path), is trained again.
 
 Selection (App. C.1: "for each setting, the model giving the highest quality is chosen"): for every setting, the
 learning rate with the best validation ``select_by`` averaged over seeds is selected; its test metrics are reported
@@ -14,40 +16,47 @@ as mean ± std over seeds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from energyloss.experiments.runs import markdown_table, mean_std, progress
+from energyloss.experiments.losses import parse_loss_spec
+from energyloss.experiments.runs import (
+    JobStore,
+    fingerprint,
+    format_seconds,
+    live_bars,
+    log,
+    markdown_table,
+    mean_std,
+    progress,
+)
 
-from .config import ShapesConfig, parse_loss_spec, pi_label
+from .config import ShapesConfig, pi_label, record_spec
 from .data import sample_shapes
-from .losses import loss_label
-from .train import ModelSpec, derived_seed
+from .train import ModelSpec, seed_of, spec_fields
 
-__all__ = ["execute_task", "plan_tasks", "run_tasks", "select_best", "summary_rows"]
+__all__ = ["execute_task", "job_settings", "plan_tasks", "run_tasks", "select_best", "summary_rows"]
 
 #: Metrics summarised in the tables (test set of the selected learning rate, mean ± std over seeds).
 TABLE_METRICS = ("quality", "quality_authors", "distance_rmse", "radius_ratio", "orientation_spread")
 
 
 def _settings(cfg: ShapesConfig) -> dict[str, set]:
-    """Settings ``(loss, coefficients, theta_over_pi, N)`` of each study."""
-    main = {(*parse_loss_spec(s), cfg.theta_aug_over_pi, cfg.n_vertices) for s in cfg.losses}
-    theta = {(*parse_loss_spec(s), t, cfg.n_vertices) for s in cfg.theta_losses for t in cfg.theta_sweep}
-    verts = {(*parse_loss_spec(s), cfg.theta_aug_over_pi, n) for s in cfg.n_losses for n in cfg.n_sweep}
+    """Settings ``(loss spec, theta_over_pi, N)`` of each study."""
+    main = {(parse_loss_spec(s), cfg.theta_aug_over_pi, cfg.n_vertices) for s in cfg.losses}
+    theta = {(parse_loss_spec(s), t, cfg.n_vertices) for s in cfg.theta_losses for t in cfg.theta_sweep}
+    verts = {(parse_loss_spec(s), cfg.theta_aug_over_pi, n) for s in cfg.n_losses for n in cfg.n_sweep}
     return {"losses": main, "theta": theta, "vertices": verts}
 
 
 def plan_tasks(cfg: ShapesConfig) -> list[dict]:
-    """The groups to train: one task per (kind, loss, coefficients, N), with its model specs.
+    """The groups to train: one task per (kind, loss spec, N), with its model specs.
 
     Example:
         >>> from energyloss.experiments.shapes.config import PRESETS
@@ -57,32 +66,31 @@ def plan_tasks(cfg: ShapesConfig) -> list[dict]:
     """
     settings = set().union(*_settings(cfg).values())
     groups: dict[tuple, set] = defaultdict(set)
-    for loss, coefficients, theta, n in settings:
-        groups[(loss, coefficients, n)].add(theta)
+    for loss, theta, n in settings:
+        groups[(loss, n)].add(theta)
+
+    def order(item) -> tuple:  # by N, then as (name, scheme) tuples; options last
+        loss, n = item[0]
+        return (n, str((loss.name, loss.coefficients, n)), str(loss))
+
     tasks = []
-    for (loss, coefficients, n), thetas in sorted(groups.items(), key=lambda kv: (kv[0][2], str(kv[0]))):
+    for (loss, n), thetas in sorted(groups.items(), key=order):
         specs = [(t * math.pi, lr, s) for t in sorted(thetas) for lr in cfg.lrs for s in cfg.seeds]
         figure = [i for i, (t, _, _) in enumerate(specs) if math.isclose(t, cfg.theta_aug) and n == cfg.n_vertices]
-        tasks.append(
-            dict(
-                kind="regression", loss=loss, coefficients=coefficients, n_vertices=n, specs=specs, figure_specs=figure
-            )
-        )
-    for spec in cfg.flow_losses:
-        loss, coefficients = parse_loss_spec(spec)
+        tasks.append(dict(kind="regression", **spec_fields(loss), n_vertices=n, specs=specs, figure_specs=figure))
+    for text in cfg.flow_losses:
         specs = [(cfg.theta_aug, lr, s) for lr in cfg.flow_lrs for s in cfg.flow_seeds]
         tasks.append(
             dict(
                 kind="flow",
-                loss=loss,
-                coefficients=coefficients,
+                **spec_fields(text),
                 n_vertices=cfg.n_vertices,
                 specs=specs,
                 figure_specs=list(range(len(specs))),
             )
         )
     for task in tasks:
-        task["name"] = f"{task['kind']}-{loss_label(task['loss'], task['coefficients'])}-N{task['n_vertices']}"
+        task["name"] = f"{task['kind']}-{record_spec(task).label}-N{task['n_vertices']}"
         task["cost"] = _cost(task, cfg)
     return tasks
 
@@ -102,14 +110,55 @@ def _cost(task: dict, cfg: ShapesConfig) -> float:
     return len(task["specs"]) * cfg.n_train * cfg.epochs * per_sample
 
 
-def _fingerprint(task: dict, cfg: ShapesConfig) -> str:
-    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "threads", "device")}
-    blob = json.dumps(
-        [task["kind"], task["loss"], task["coefficients"], task["n_vertices"], task["specs"], relevant],
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()
+#: Settings that never change a group's result by themselves: execution, selection, and the study definitions
+#: (losses, sweeps, the main setting, learning rates and seeds), which act through the task's own model specs.
+NON_RESULT_FIELDS = (
+    "workers",
+    "threads",
+    "device",
+    "plots",
+    "select_by",
+    "losses",
+    "theta_losses",
+    "n_losses",
+    "flow_losses",
+    "theta_sweep",
+    "n_sweep",
+    "theta_aug_over_pi",
+    "n_vertices",
+    "lrs",
+    "seeds",
+    "flow_lrs",
+    "flow_seeds",
+)
+#: Settings of the regression groups only (the flow groups have their own ``flow_*`` versions).
+_REGRESSION_FIELDS = ("n_train", "n_test", "hidden", "epochs", "batch_size")
+_GRAPH_FIELDS = ("graph_degree", "graph_pool_size", "graph_seed")
+_TASK_KEYS = ("kind", "loss", "coefficients", "loss_spec", "n_vertices", "specs", "figure_specs")
+
+
+def job_settings(task: dict, cfg: ShapesConfig) -> dict[str, Any]:
+    """Everything that can change the result of ``task``: its loss, N and model specs, and the settings it reads.
+
+    Its :func:`~energyloss.experiments.runs.fingerprint` keys the saved group: a rerun in the same folder keeps a
+    group whose settings match and trains the others again.
+
+    Example:
+        >>> from energyloss.experiments.shapes.config import PRESETS
+        >>> cfg = PRESETS["smoke"]
+        >>> task = next(t for t in plan_tasks(cfg) if t["kind"] == "flow")
+        >>> job_settings(task, cfg) == job_settings(task, dataclasses.replace(cfg, epochs=1, n_sweep=(5,)))
+        True
+    """
+    skip = set(NON_RESULT_FIELDS)
+    flow = task["kind"] == "flow"
+    for field in dataclasses.fields(cfg):
+        if (flow and field.name in _REGRESSION_FIELDS) or (not flow and field.name.startswith("flow_")):
+            skip.add(field.name)
+    if task["loss"] != "sparse_energy":
+        skip.update(_GRAPH_FIELDS)
+    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in skip}
+    return {"task": {k: task[k] for k in _TASK_KEYS if k in task}, "settings": settings}
 
 
 def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -> dict:
@@ -122,24 +171,26 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
     flow = task["kind"] == "flow"
     n_train = cfg.flow_n_train if flow else cfg.n_train
     n_test = cfg.flow_n_test if flow else cfg.n_test
+    loss = record_spec(task)
     specs = [ModelSpec(*s) for s in task["specs"]]
     train_sets = {
         s: sample_shapes(
-            n_train, generator=torch.Generator().manual_seed(derived_seed(s, "train")), radius_range=cfg.radius_range
+            n_train, generator=torch.Generator().manual_seed(seed_of(s, "train")), radius_range=cfg.radius_range
         )
         for s in sorted({spec.seed for spec in specs})
     }
     val = sample_shapes(
-        cfg.n_val, generator=torch.Generator().manual_seed(derived_seed("val")), radius_range=cfg.radius_range
+        cfg.n_val, generator=torch.Generator().manual_seed(seed_of("val")), radius_range=cfg.radius_range
     )
     test = sample_shapes(
-        n_test, generator=torch.Generator().manual_seed(derived_seed("test")), radius_range=cfg.radius_range
+        n_test, generator=torch.Generator().manual_seed(seed_of("test")), radius_range=cfg.radius_range
     )
     pool = None
-    if task["loss"] == "sparse_energy":
+    if loss.name == "sparse_energy":
         from energyloss.rigidity import RigidGraphPool
 
-        pool = RigidGraphPool(2, k=cfg.graph_degree, size=cfg.graph_pool_size, seed=cfg.graph_seed)
+        degree = loss.degree if loss.degree is not None else cfg.graph_degree
+        pool = RigidGraphPool(2, k=degree, size=cfg.graph_pool_size, seed=cfg.graph_seed)
         pool.graphs(task["n_vertices"])  # build (and verify) before the clock of the training starts
     lo, hi = cfg.radius_range
     figure_radius = torch.linspace(lo + 0.25 * (hi - lo) / cfg.n_figure, hi, cfg.n_figure)
@@ -156,8 +207,7 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
     start = time.perf_counter()
     if flow:
         records, figure = train_flow_group(
-            task["loss"],
-            task["coefficients"],
+            loss,
             task["n_vertices"],
             specs,
             epochs=cfg.flow_epochs,
@@ -170,8 +220,7 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
         )
     else:
         records, figure = train_group(
-            task["loss"],
-            task["coefficients"],
+            loss,
             task["n_vertices"],
             specs,
             epochs=cfg.epochs,
@@ -182,72 +231,93 @@ def execute_task(task: dict, cfg: ShapesConfig, *, show_progress: bool = True) -
     return {"records": records, "figure": figure, "seconds": time.perf_counter() - start}
 
 
-def _worker(task: dict, cfg_dict: dict) -> dict:
+def _worker(task: dict, cfg: ShapesConfig) -> dict:
     torch.set_num_threads(1)
-    cfg = ShapesConfig(**cfg_dict)
     return execute_task(task, cfg, show_progress=False)
 
 
-def _log(message: str) -> None:
-    try:
-        from tqdm.auto import tqdm
+def _restore(value: Any, key: str | None = None) -> Any:
+    """A saved result as it was computed: JSON's ``null`` / ``"inf"`` back to the float NaN / infinity.
 
-        tqdm.write(message, file=sys.stderr)
-    except ImportError:  # pragma: no cover - tqdm is in the cli extra
-        print(message, file=sys.stderr)
+    The run-folder writers store NaN as ``null`` and infinities as strings; every record value is a number except
+    ``coefficients`` and ``loss_spec`` (``None`` when absent), so a resumed group reads as a fresh one.
+    """
+    if isinstance(value, dict):
+        return {k: _restore(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, key) for v in value]
+    if value is None and key not in ("coefficients", "loss_spec"):
+        return math.nan
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    return value
+
+
+def _load_group(store: JobStore, task: dict, fp: str) -> dict | None:
+    saved = store.load(task["name"], fp)
+    if not isinstance(saved, dict) or len(saved.get("records") or ()) != len(task["specs"]):
+        return None
+    return {
+        "task": saved.get("task", task),
+        "records": _restore(saved["records"]),
+        "figure": _restore(saved.get("figure") or {}),
+        "seconds": saved.get("seconds", math.nan),
+    }
 
 
 def run_tasks(tasks: Sequence[dict], cfg: ShapesConfig, run_dir: Path) -> dict[str, dict]:
-    """Train every task not already saved in ``run_dir/groups``; return ``{task name: result}``."""
-    groups_dir = run_dir / "groups"
-    groups_dir.mkdir(exist_ok=True)
-    results: dict[str, dict] = {}
-    todo = []
-    for task in tasks:
-        path = groups_dir / f"{task['name']}.json"
-        fp = _fingerprint(task, cfg)
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                saved = {}
-            if saved.get("fingerprint") == fp:
-                results[task["name"]] = saved
-                continue
-        todo.append(task)
-    if len(results):
-        _log(f"resuming: {len(results)} of {len(tasks)} groups already trained in {groups_dir}")
-    todo.sort(key=lambda t: -t["cost"])
+    """Train every task not already saved in ``run_dir/groups``; return ``{task name: result}``.
 
-    def finish(task: dict, result: dict) -> None:
-        result = {"fingerprint": _fingerprint(task, cfg), "task": task, **result}
-        (groups_dir / f"{task['name']}.json").write_text(json.dumps(result, default=_json_default))
-        results[task["name"]] = json.loads(json.dumps(result, default=_json_default))
+    Saved groups are kept when their :func:`job_settings` fingerprint matches; the others (other settings, or a
+    file that cannot be read, which is reported with its path) are trained again. Progress: a live bar on a
+    terminal, otherwise one line per finished group (with the count, elapsed time and an estimate of the time
+    left); worker processes print nothing.
+    """
+    store = JobStore(Path(run_dir) / "groups")
+    fps = {task["name"]: fingerprint(job_settings(task, cfg)) for task in tasks}
+    results: dict[str, dict] = {}
+    todo, redone = [], 0
+    for task in tasks:
+        saved = _load_group(store, task, fps[task["name"]])
+        if saved is not None:
+            results[task["name"]] = saved
+        else:
+            redone += store.path(task["name"]).exists()
+            todo.append(task)
+    if results or redone:
+        again = f" ({redone} saved with other settings or unreadable: trained again)" if redone else ""
+        log(f"resuming: {len(results)} of {len(tasks)} groups already trained in {store.folder}{again}")
+    todo.sort(key=lambda t: -t["cost"])
+    start = time.monotonic()
+    bars = live_bars()
+
+    def finish(done: int, task: dict, result: dict) -> None:
+        fp = fps[task["name"]]
+        store.save(task["name"], fp, {"task": task, **result})
+        # the in-memory result is the saved one, so a fresh and a resumed run summarise the same values
+        results[task["name"]] = _load_group(store, task, fp) or {"task": task, **result}
         best = _best_of(result["records"], cfg.select_by)
-        _log(f"  done {task['name']:<36s} {len(task['specs']):3d} models {result['seconds']:7.1f} s   {best}")
+        elapsed = time.monotonic() - start
+        left = elapsed / done * (len(todo) - done)
+        log(
+            f"  done {task['name']:<36s} {len(task['specs']):3d} models {result['seconds']:7.1f} s   {best}"
+            f"   [{done}/{len(todo)} groups, {format_seconds(elapsed)}, {format_seconds(left)} left]"
+        )
 
     if cfg.workers <= 1 or len(todo) <= 1:
-        for task in progress(todo, desc="groups", total=len(todo)):
-            finish(task, execute_task(task, cfg))
+        for done, task in enumerate(progress(todo, desc="groups", total=len(todo), disable=not bars), 1):
+            finish(done, task, execute_task(task, cfg))
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    cfg_dict = dataclasses.asdict(cfg)
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as executor:
-        futures = {executor.submit(_worker, task, cfg_dict): task for task in todo}
-        for future in progress(as_completed(futures), desc="groups", total=len(futures)):
-            finish(futures[future], future.result())
+        futures = {executor.submit(_worker, task, cfg): task for task in todo}
+        finished = progress(as_completed(futures), desc="groups", total=len(futures), disable=not bars)
+        for done, future in enumerate(finished, 1):
+            finish(done, futures[future], future.result())
     return results
-
-
-def _json_default(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _best_of(records: Sequence[dict], select_by: str) -> str:
@@ -266,6 +336,7 @@ def _setting_key(rec: dict) -> tuple:
         rec["coefficients"],
         round(rec["theta_aug"], 9),
         rec["n_vertices"],
+        rec.get("loss_spec") or "",
     )
 
 
@@ -317,9 +388,9 @@ def summary_rows(records: Iterable[dict], *, keys: Sequence[str] = ("loss", "coe
         if rec.get("selected"):
             by_setting[_setting_key(rec)].append(rec)
     rows = []
-    for _key, recs in sorted(by_setting.items(), key=lambda kv: (kv[0][4], kv[0][3], str(kv[0][1:3]))):
+    for _key, recs in sorted(by_setting.items(), key=lambda kv: (kv[0][4], kv[0][3], str(kv[0][1:3]), kv[0][5])):
         row = {
-            "loss": loss_label(recs[0]["loss"], recs[0]["coefficients"]),
+            "loss": record_spec(recs[0]).label,
             "theta_aug/pi": round(recs[0]["theta_aug"] / math.pi, 4),
             "N": recs[0]["n_vertices"],
             "lr": recs[0]["lr"],
@@ -353,10 +424,10 @@ def summary_markdown(cfg: ShapesConfig, records: list[dict], flow_records: list[
     rows = summary_rows(records)
 
     def pick(study: str, order: str) -> list[dict]:
-        wanted = {(loss_label(lo, co), round(t, 4), n) for lo, co, t, n in settings[study]}
+        wanted = {(loss.label, round(t, 4), n) for loss, t, n in settings[study]}
         chosen = [r for r in rows if (r["loss"], r["theta_aug/pi"], r["N"]) in wanted]
         if order == "loss":
-            rank = {loss_label(*parse_loss_spec(s)): i for i, s in enumerate(cfg.losses)}
+            rank = {parse_loss_spec(s).label: i for i, s in enumerate(cfg.losses)}
             return sorted(chosen, key=lambda r: rank.get(r["loss"], 99))
         if order == "theta":
             return sorted(chosen, key=lambda r: (r["loss"], r["theta_aug/pi"]))

@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 
 from energyloss.diffusion import flow_matching_interpolate, flow_matching_loss
-from energyloss.experiments.runs import progress
+from energyloss.experiments.losses import LossSpec, parse_loss_spec
+from energyloss.experiments.runs import live_bars, progress
 
 from .data import ShapeData, regular_polygon
-from .losses import make_loss
 from .metrics import shape_metrics
 from .models import StackedAdam, StackedMLP
-from .train import ModelSpec, derived_seed
+from .train import ModelSpec, make_shape_loss, seed_of, spec_fields
 
 __all__ = ["sample_flow", "train_flow_group"]
 
@@ -74,8 +74,7 @@ def sample_flow(
 
 
 def train_flow_group(
-    loss: str,
-    coefficients: str | None,
+    loss: str | LossSpec,
     n_vertices: int,
     specs: Sequence[ModelSpec],
     *,
@@ -116,17 +115,18 @@ def train_flow_group(
     radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)
     u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
     theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)
-    order_gens = [torch.Generator().manual_seed(derived_seed(s, "batch-order")) for s in seeds]
-    noise_gens = [torch.Generator().manual_seed(derived_seed(s, "flow-noise")) for s in seeds]
-    graph_gen = torch.Generator().manual_seed(derived_seed(loss, coefficients, n_vertices, "flow-graphs"))
-    per_structure = make_loss(loss, coefficients=coefficients, pool=pool, generator=graph_gen)
+    order_gens = [torch.Generator().manual_seed(seed_of(s, "batch-order")) for s in seeds]
+    noise_gens = [torch.Generator().manual_seed(seed_of(s, "flow-noise")) for s in seeds]
+    loss = parse_loss_spec(loss)
+    graph_gen = torch.Generator().manual_seed(seed_of(loss.name, loss.coefficients, n_vertices, "flow-graphs"))
+    per_structure = make_shape_loss(loss, pool=pool, generator=graph_gen)
 
     def sample_loss(pred: Tensor, target: Tensor, *, reduction: str = "none") -> Tensor:
         return per_structure(pred, target)
 
     mlp = StackedMLP(
         (2 * n_vertices + 2, *hidden, 2 * n_vertices),
-        seeds=[derived_seed(s.seed, "flow-init") for s in specs],
+        seeds=[seed_of(s.seed, "flow-init") for s in specs],
         activation="silu",
     ).to(device)
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
@@ -135,7 +135,7 @@ def train_flow_group(
     start = time.perf_counter()
     perms = None
     total = epochs * steps_per_epoch
-    for step in progress(range(total), desc=desc, total=total):
+    for step in progress(range(total), desc=desc, total=total, disable=not (desc and live_bars())):
         k = step % steps_per_epoch
         if k == 0:
             perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens]).to(device)
@@ -171,7 +171,7 @@ def train_flow_group(
             last_epoch_loss += per_model.detach().double() / steps_per_epoch
     seconds = time.perf_counter() - start
 
-    sample_gen = torch.Generator().manual_seed(derived_seed("flow-samples"))
+    sample_gen = torch.Generator().manual_seed(seed_of("flow-samples"))
     results = {}
     for name, data in (("val", val), ("test", test)):
         samples = sample_flow(
@@ -189,8 +189,7 @@ def train_flow_group(
         records.append(
             {
                 "task": "flow_matching",
-                "loss": loss,
-                "coefficients": coefficients,
+                **spec_fields(loss),
                 "theta_aug": spec.theta_aug,
                 "theta_aug_over_pi": spec.theta_aug / math.pi,
                 "n_vertices": n_vertices,

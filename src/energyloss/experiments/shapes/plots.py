@@ -6,7 +6,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .losses import loss_label
+from energyloss.experiments.losses import LossSpec
+from energyloss.experiments.runs import atomic_save
+
+from .config import record_spec
 
 __all__ = ["plot_samples", "plot_sweep"]
 
@@ -73,7 +76,7 @@ def plot_samples(
         title = f"{title}\nradii {radius[0]:.2f} .. {radius[-1]:.2f} (dark to light); o = vertex 0"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_save(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path
 
@@ -118,29 +121,29 @@ def plot_sweep(rows: Sequence[dict], path: Path, *, x: str, xlabel: str, title: 
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    atomic_save(path, lambda p: fig.savefig(p, dpi=100, bbox_inches="tight", format="png"))
     plt.close(fig)
     return path
 
 
-def sample_panels(records: Sequence[dict], figures: dict, loss_specs: Sequence[tuple[str, str | None]]) -> list[dict]:
+def sample_panels(records: Sequence[dict], figures: dict, loss_specs: Sequence[LossSpec]) -> list[dict]:
     """Panels for :func:`plot_samples`: the selected model of the first seed of each loss that has figures.
 
-    ``figures`` maps ``(task, loss, coefficients, seed, lr)`` to the figure predictions.
+    ``figures`` maps ``(task, str(loss spec), seed, lr)`` to the figure predictions.
     """
     panels = []
-    for loss, coefficients in loss_specs:
+    for spec in loss_specs:
         chosen = sorted(
-            (r for r in records if r.get("selected") and r["loss"] == loss and r["coefficients"] == coefficients),
+            (r for r in records if r.get("selected") and record_spec(r) == spec),
             key=lambda r: r["seed"],
         )
         for rec in chosen:
-            key = (rec.get("task", "regression"), loss, coefficients, rec["seed"], rec["lr"])
+            key = (rec.get("task", "regression"), str(spec), rec["seed"], rec["lr"])
             if key in figures:
                 note = (
                     f"quality {rec['quality']:.1f} (authors' {rec['quality_authors']:.1f})\n"
                     f"dist. RMSE/r {rec['distance_rmse']:.2g}, radius ratio {rec['radius_ratio']:.2g}"
                 )
-                panels.append({"label": loss_label(loss, coefficients), "shapes": figures[key], "note": note})
+                panels.append({"label": spec.label, "shapes": figures[key], "note": note})
                 break
     return panels

@@ -13,18 +13,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from energyloss.experiments.runs import progress
+from energyloss.experiments.losses import LossSpec, make_position_loss, parse_loss_spec
+from energyloss.experiments.runs import derive_seed, live_bars, progress
 
+from .config import has_options
 from .data import ShapeData, regular_polygon
-from .losses import make_loss
 from .metrics import shape_metrics
 from .models import StackedAdam, StackedMLP
 
-__all__ = ["ModelSpec", "derived_seed", "predict", "train_group"]
+__all__ = ["ModelSpec", "make_shape_loss", "predict", "seed_of", "spec_fields", "train_group"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +36,49 @@ class ModelSpec:
     seed: int
 
 
-def derived_seed(*parts: object) -> int:
-    """A 63-bit seed that depends only on ``parts`` (ints and strings), stable across runs and platforms.
+def seed_of(*parts: object) -> int:
+    """The seed of a random stream of the experiment: :func:`~energyloss.experiments.runs.derive_seed` of the parts.
+
+    Every part is passed as its string (``0`` as ``"0"``, ``None`` as ``"None"``), the encoding the experiment has
+    always used, so the seeds, and every trained number, are those of earlier runs.
 
     Example:
-        >>> derived_seed(0, "order") == derived_seed(0, "order") != derived_seed(1, "order")
+        >>> seed_of(0, "order") == seed_of(0, "order") != seed_of(1, "order")
         True
     """
-    words = []
-    for part in parts:
-        data = str(part).encode()
-        words.extend([len(data), *data])
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0] & ((1 << 63) - 1))
+    return derive_seed(*(str(part) for part in parts))
+
+
+def make_shape_loss(loss: str | LossSpec, *, pool=None, generator: torch.Generator | None = None):
+    r"""The per-structure loss ``fn(pred (B, N, 2), target (B, N, 2)) -> (B,)`` of a loss spec, for shapes.
+
+    :func:`energyloss.experiments.losses.make_position_loss` in 2-D with ``normalize="pairs"``: the energy is a
+    mean per pair, as the MSE is a mean per coordinate (Adam is insensitive to a global scale of the loss, so this
+    only fixes the units of the logged values; the authors' shape code takes a mean over ``B * N^2`` entries with
+    ``k = 2.6 exp(-d)``, the same up to a constant factor). ``sparse_energy`` draws one graph per structure and
+    step from ``pool`` (a :class:`~energyloss.rigidity.RigidGraphPool`) with ``generator``.
+
+    Example:
+        >>> from energyloss.experiments.shapes.data import regular_polygon
+        >>> y = regular_polygon(torch.tensor([1.0, 2.0]), 6)
+        >>> make_shape_loss("energy:exp")(y.flip(-1), y)  # a reflection of the target costs nothing
+        tensor([0., 0.])
+    """
+    return make_position_loss(loss, dim=2, normalize="pairs", pool=pool, generator=generator)
+
+
+def spec_fields(loss: str | LossSpec) -> dict:
+    """The loss fields of a record: ``loss``, ``coefficients`` and, for a spec with options, ``loss_spec``.
+
+    Example:
+        >>> spec_fields("energy:exp"), spec_fields("sparse_energy:exp:k=6")["loss_spec"]
+        ({'loss': 'energy', 'coefficients': 'exp'}, 'sparse_energy:exp:k=6')
+    """
+    spec = parse_loss_spec(loss)
+    fields = {"loss": spec.name, "coefficients": spec.coefficients}
+    if has_options(spec):
+        fields["loss_spec"] = str(spec)
+    return fields
 
 
 def predict(mlp: StackedMLP, radius: Tensor, n_vertices: int, *, chunk: int = 4096) -> Tensor:
@@ -79,8 +110,7 @@ def _evaluate(pred: Tensor, radius: Tensor, n_vertices: int, alive: Tensor) -> l
 
 
 def train_group(
-    loss: str,
-    coefficients: str | None,
+    loss: str | LossSpec,
     n_vertices: int,
     specs: Sequence[ModelSpec],
     *,
@@ -99,7 +129,7 @@ def train_group(
     r"""Train ``len(specs)`` MLPs with one loss and return their records (validation and test metrics).
 
     Args:
-        loss, coefficients: the loss (see :func:`energyloss.experiments.shapes.losses.make_loss`).
+        loss: the loss spec (see :func:`make_shape_loss`), e.g. ``"energy:exp"``.
         n_vertices: ``N``.
         specs: one :class:`ModelSpec` per model.
         train_sets: the training :class:`ShapeData` of every seed used in ``specs`` (all of one size).
@@ -110,7 +140,9 @@ def train_group(
         pool: :class:`energyloss.rigidity.RigidGraphPool` (``sparse_energy`` only).
         figure_radius: ``(F,)`` radii whose predictions are returned for the sample figures.
         figure_specs: indices into ``specs`` of the models whose figure predictions are wanted.
-        desc: progress-bar label.
+        desc: label of a live progress bar over the steps, drawn only where
+            :func:`~energyloss.experiments.runs.live_bars` allows (a terminal); ``""``: none. It never prints plain
+            lines (the caller logs one line per group).
         device: where the models train (data are drawn on the CPU, metrics computed on the CPU).
 
     Returns:
@@ -120,7 +152,7 @@ def train_group(
         >>> from energyloss.experiments.shapes.data import sample_shapes
         >>> data = sample_shapes(64, generator=torch.Generator().manual_seed(0))
         >>> specs = [ModelSpec(theta_aug=math.pi, lr=1e-2, seed=0), ModelSpec(theta_aug=0.0, lr=1e-2, seed=0)]
-        >>> records, _ = train_group("mse", None, 5, specs, train_sets={0: data}, val=data, test=data, epochs=1,
+        >>> records, _ = train_group("mse", 5, specs, train_sets={0: data}, val=data, test=data, epochs=1,
         ...                          batch_size=32)
         >>> [(r["theta_aug"], r["lr"]) for r in records] == [(math.pi, 0.01), (0.0, 0.01)]
         True
@@ -144,17 +176,19 @@ def train_group(
     radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)  # (S, n_train)
     u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
     theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)  # (M, 1)
-    order_gens = [torch.Generator().manual_seed(derived_seed(s, "batch-order")) for s in seeds]
-    graph_gen = torch.Generator().manual_seed(derived_seed(loss, coefficients, n_vertices, "graphs"))
-    loss_fn = make_loss(loss, coefficients=coefficients, pool=pool, generator=graph_gen)
+    order_gens = [torch.Generator().manual_seed(seed_of(s, "batch-order")) for s in seeds]
+    loss = parse_loss_spec(loss)
+    graph_gen = torch.Generator().manual_seed(seed_of(loss.name, loss.coefficients, n_vertices, "graphs"))
+    loss_fn = make_shape_loss(loss, pool=pool, generator=graph_gen)
 
-    mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[derived_seed(s.seed, "init") for s in specs]).to(device)
+    mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[seed_of(s.seed, "init") for s in specs]).to(device)
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
     alive = torch.ones(m_count, dtype=torch.bool, device=device)
     last_epoch_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
 
     start = time.perf_counter()
-    bar = progress(range(epochs * steps_per_epoch), desc=desc, total=epochs * steps_per_epoch)
+    total = epochs * steps_per_epoch
+    bar = progress(range(total), desc=desc, total=total, disable=not (desc and live_bars()))
     perms = None
     for step in bar:
         k = step % steps_per_epoch
@@ -191,8 +225,7 @@ def train_group(
     for m, spec in enumerate(specs):
         rec = {
             "task": "regression",
-            "loss": loss,
-            "coefficients": coefficients,
+            **spec_fields(loss),
             "theta_aug": spec.theta_aug,
             "theta_aug_over_pi": spec.theta_aug / math.pi,
             "n_vertices": n_vertices,
