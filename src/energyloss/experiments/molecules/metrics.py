@@ -51,16 +51,22 @@ import torch
 from .data import ELEMENT_SYMBOLS, Molecules, atomic_number
 
 __all__ = [
+    "AROMATIC",
     "EDM_BOND_TABLE",
+    "EDM_TABLES",
     "EDM_VALENCES",
     "BondLengthTable",
+    "ChargedValenceTable",
     "MoleculeMetrics",
+    "StabilityTable",
     "ValenceTable",
     "atom_stability",
     "atom_valences",
     "bond_orders",
     "default_n_jobs",
     "evaluate_molecules",
+    "graph_atom_stability",
+    "graph_molecule_stability",
     "molecule_smiles",
     "molecule_stability",
     "novelty",
@@ -68,6 +74,7 @@ __all__ = [
     "smiles_from_graph",
     "uniqueness",
     "validity",
+    "valence_stable",
 ]
 
 _N_Z = len(ELEMENT_SYMBOLS)  # atomic numbers 0..86 are indexable
@@ -165,6 +172,99 @@ class ValenceTable:
         return self._table.to(device=device)  # type: ignore[attr-defined]
 
 
+#: Bond order of an aromatic bond in an explicit graph (RDKit's ``GetBondTypeAsDouble``).
+AROMATIC = 1.5
+#: Formal charges a :class:`ChargedValenceTable` can hold.
+_CHARGES = range(-4, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChargedValenceTable:
+    """Allowed valences per element *and formal charge*; valences are sums of bond orders, aromatic bonds 1.5.
+
+    ``allowed`` maps a symbol to ``{formal charge: allowed valences}``; an element not listed, or a charge not
+    listed for it, is never stable. With formal charges given (:func:`valence_stable`), an atom is stable when its
+    valence is allowed for its charge. Without them (samples of a model that generates no charges, such as EDM or
+    GDM), an atom is stable when its valence is allowed for *some* listed charge of its element ("charged atoms
+    allowed"; the molecule's net charge is not checked).
+
+    ``key`` (``"name@version"``) is recorded in results; ``verified`` says what of the table was checked against
+    its source.
+    """
+
+    name: str
+    version: str
+    allowed: Mapping[str, Mapping[int, tuple[float, ...]]]
+    source: str = ""
+    verified: str = ""
+    max_valence: int = 8
+
+    def __post_init__(self) -> None:
+        width = 2 * self.max_valence + 2  # half-bond units; the last column: "too many bonds"
+        table = torch.zeros(_N_Z, len(_CHARGES), width, dtype=torch.bool)
+        for symbol, per_charge in self.allowed.items():
+            for charge, values in per_charge.items():
+                if charge not in _CHARGES:
+                    raise ValueError(f"formal charge {charge} of {symbol} is outside {_CHARGES[0]}..{_CHARGES[-1]}")
+                for v in values:
+                    half = 2 * float(v)
+                    if half != round(half) or not 0 <= v <= self.max_valence:
+                        raise ValueError(f"valence {v} of {symbol}{charge:+d} is not a multiple of 0.5 in 0..8")
+                    table[atomic_number(symbol), charge - _CHARGES[0], int(round(half))] = True
+        object.__setattr__(self, "_table", table)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def lookup(self, device: torch.device | None = None) -> torch.Tensor:
+        """``(87, 9, 2 max_valence + 2)`` bool: ``[z, charge + 4, 2 v]`` is True when valence ``v`` is allowed."""
+        return self._table.to(device=device)  # type: ignore[attr-defined]
+
+
+def valence_stable(
+    valence: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    *,
+    valence_table: ValenceTable | ChargedValenceTable,
+    mask: torch.Tensor | None = None,
+    formal_charges: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Whether each atom's valence (sum of bond orders, ``(..., N)``) is allowed by ``valence_table``.
+
+    A :class:`ValenceTable` is for neutral atoms: a non-integer valence, or a non-zero formal charge, is never
+    stable. A :class:`ChargedValenceTable` checks ``(element, formal charge, valence)``, or, with
+    ``formal_charges=None``, whether any listed charge of the element allows the valence. Padding is False.
+
+    >>> valence_stable(torch.tensor([4.0, 3.0]), torch.tensor([6, 6]), valence_table=EDM_VALENCES).tolist()
+    [True, False]
+    """
+    z = atomic_numbers.long()
+    mask = z > 0 if mask is None else mask.bool()
+    if isinstance(valence_table, ValenceTable):
+        lookup = valence_table.lookup(device=valence.device)
+        if valence.is_floating_point():
+            whole = valence == valence.round()
+            v = valence.round().long().clamp(0, lookup.shape[1] - 1)
+            stable = lookup[z, v] & whole
+        else:
+            stable = lookup[z, valence.clamp(max=lookup.shape[1] - 1)]
+        if formal_charges is not None:
+            stable = stable & (formal_charges == 0)
+        return stable & mask
+    lookup = valence_table.lookup(device=valence.device)
+    half = 2 * valence.double()
+    whole = half == half.round()
+    v = half.round().long().clamp(0, lookup.shape[-1] - 1)
+    if formal_charges is None:
+        stable = lookup.any(1)[z, v]
+    else:
+        q = formal_charges.long()
+        inside = (q >= _CHARGES[0]) & (q <= _CHARGES[-1])
+        stable = lookup[z, (q - _CHARGES[0]).clamp(0, len(_CHARGES) - 1), v] & inside
+    return stable & whole & mask
+
+
 # The tables are kept compact (several pairs per line); `ruff format` would put one entry per line.
 # fmt: off
 _EDM_SINGLE_PM = {
@@ -215,6 +315,36 @@ EDM_VALENCES = ValenceTable(
     version="1",
     allowed=_EDM_ALLOWED,
     source="EDM (Hoogeboom et al. 2022), qm9/bond_analyze.py allowed_bonds; note S allows only 4 there.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityTable:
+    """A named evaluation protocol: the bond table, the valence table and the bonds of the RDKit molecules.
+
+    Attributes:
+        name: recorded in every result as ``stability_table`` (e.g. ``"edm-v1"``, ``"edm-geom-v1"``).
+        bonds: bond orders from distances.
+        valences: allowed valences (:class:`ValenceTable` or :class:`ChargedValenceTable`).
+        validity_orders: ``"inferred"`` (RDKit molecules get the inferred orders 1-3) or ``"single"`` (every
+            inferred bond is single: EDM's GEOM validity, ``build_xae_molecule`` with ``limit_bonds_to_one``).
+        description: one line for documentation.
+    """
+
+    name: str
+    bonds: BondLengthTable
+    valences: ValenceTable | ChargedValenceTable
+    validity_orders: str = "inferred"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.validity_orders not in ("inferred", "single"):
+            raise ValueError(f"validity_orders must be 'inferred' or 'single', got {self.validity_orders!r}")
+
+
+#: EDM's QM9 evaluation: its bond table and valences, RDKit molecules with the inferred orders.
+EDM_TABLES = StabilityTable(
+    "edm-v1", EDM_BOND_TABLE, EDM_VALENCES, "inferred", "EDM's QM9 protocol (bond_analyze.py, analyze.py)"
 )
 
 
@@ -300,11 +430,12 @@ def atom_stability(
     *,
     mask: torch.Tensor | None = None,
     bond_table: BondLengthTable = EDM_BOND_TABLE,
-    valence_table: ValenceTable = EDM_VALENCES,
+    valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
 ) -> torch.Tensor:
     """Whether each atom's valence is allowed for its element: ``(..., N)`` bool, False on padding.
 
-    Shapes as in :func:`bond_orders`.
+    Shapes as in :func:`bond_orders`. Distances give no formal charges: a :class:`ChargedValenceTable` accepts
+    a valence allowed for any listed charge (:func:`valence_stable`).
 
     >>> pos = torch.tensor([[0.0, 0, 0], [0.63, 0.63, 0.63], [-0.63, -0.63, 0.63], [-0.63, 0.63, -0.63],
     ...                     [0.63, -0.63, -0.63]])  # methane, C-H 109 pm
@@ -313,9 +444,7 @@ def atom_stability(
     """
     z, mask = _check_inputs(positions, atomic_numbers, mask)
     valence = atom_valences(bond_orders(positions, z, mask=mask, table=bond_table))
-    lookup = valence_table.lookup(device=positions.device)
-    valence = valence.clamp(max=lookup.shape[1] - 1)
-    return lookup[z, valence] & mask
+    return valence_stable(valence, z, mask=mask, valence_table=valence_table)
 
 
 def molecule_stability(
@@ -324,7 +453,7 @@ def molecule_stability(
     *,
     mask: torch.Tensor | None = None,
     bond_table: BondLengthTable = EDM_BOND_TABLE,
-    valence_table: ValenceTable = EDM_VALENCES,
+    valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
 ) -> torch.Tensor:
     """Whether every real atom of each molecule is stable: ``(..., N, 3) -> (...)`` bool.
 
@@ -334,6 +463,61 @@ def molecule_stability(
     """
     z, mask = _check_inputs(positions, atomic_numbers, mask)
     stable = atom_stability(positions, z, mask=mask, bond_table=bond_table, valence_table=valence_table)
+    return (stable | ~mask).all(-1)
+
+
+def graph_atom_stability(
+    orders: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    formal_charges: torch.Tensor | None = None,
+    valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
+) -> torch.Tensor:
+    """Stability of the atoms of an explicit bond graph (e.g. read from an SDF file): ``(..., N)`` bool.
+
+    Parameters
+    ----------
+    orders : (..., N, N) symmetric bond orders: 0, 1, 2, 3 or :data:`AROMATIC` (1.5).
+    atomic_numbers : (..., N) integers, 0 on padding.
+    mask : (..., N) bool (default ``atomic_numbers > 0``).
+    formal_charges : (..., N) integers, or ``None`` (unknown: see :func:`valence_stable`).
+    valence_table : the table.
+
+    >>> ring = torch.zeros(12, 12)
+    >>> for k in range(6):  # benzene with aromatic bonds
+    ...     ring[k, (k + 1) % 6] = ring[(k + 1) % 6, k] = AROMATIC
+    ...     ring[k, k + 6] = ring[k + 6, k] = 1
+    >>> from energyloss.experiments.molecules.geom_tables import GEOM_REVISITED_VALENCES
+    >>> z = torch.tensor([6] * 6 + [1] * 6)
+    >>> bool(graph_atom_stability(ring, z, valence_table=GEOM_REVISITED_VALENCES).all())
+    True
+    >>> bool(graph_atom_stability(ring, z, valence_table=EDM_VALENCES).all())  # 4.0 is an integer: EDM agrees
+    True
+    """
+    z = atomic_numbers.long()
+    mask = z > 0 if mask is None else mask.bool()
+    if orders.shape != (*z.shape, z.shape[-1]):
+        raise ValueError(f"orders must have shape {(*z.shape, z.shape[-1])}; got {tuple(orders.shape)}")
+    if not torch.equal(orders, orders.transpose(-1, -2)):
+        raise ValueError("orders must be symmetric")
+    pair = mask[..., :, None] & mask[..., None, :]
+    valence = torch.where(pair, orders.double(), 0.0).sum(-1)
+    return valence_stable(valence, z, mask=mask, valence_table=valence_table, formal_charges=formal_charges)
+
+
+def graph_molecule_stability(
+    orders: torch.Tensor,
+    atomic_numbers: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    formal_charges: torch.Tensor | None = None,
+    valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
+) -> torch.Tensor:
+    """Whether every real atom of each explicit bond graph is stable (:func:`graph_atom_stability`): ``(...)``."""
+    z = atomic_numbers.long()
+    mask = z > 0 if mask is None else mask.bool()
+    stable = graph_atom_stability(orders, z, mask=mask, formal_charges=formal_charges, valence_table=valence_table)
     return (stable | ~mask).all(-1)
 
 
@@ -519,6 +703,9 @@ class MoleculeMetrics:
     reference_smiles : SMILES of the training set for novelty (computed with :func:`molecule_smiles`); None
         skips novelty.
     bond_table, valence_table : the tables (recorded in the result).
+    tables : a named :class:`StabilityTable` (bond table, valence table and validity bonds); it replaces
+        ``bond_table`` / ``valence_table``. Its name is the result's ``stability_table`` (``"edm-v1"`` for EDM's
+        default tables, ``None`` for other tables given one by one).
     use_rdkit : False skips validity / uniqueness / novelty (no RDKit needed).
     n_jobs : processes for the RDKit part of large updates.
     chunk_size : at most this many molecules per vectorised bond-inference chunk; chunks are also capped at
@@ -539,15 +726,22 @@ class MoleculeMetrics:
         *,
         reference_smiles: Iterable[str] | None = None,
         bond_table: BondLengthTable = EDM_BOND_TABLE,
-        valence_table: ValenceTable = EDM_VALENCES,
+        valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
+        tables: StabilityTable | None = None,
         use_rdkit: bool = True,
         n_jobs: int = 1,
         chunk_size: int = 1024,
         non_finite: str = "exclude",
     ) -> None:
         self.reference_smiles = None if reference_smiles is None else frozenset(reference_smiles)
+        if tables is not None:
+            bond_table, valence_table = tables.bonds, tables.valences
+        elif bond_table is EDM_BOND_TABLE and valence_table is EDM_VALENCES:
+            tables = EDM_TABLES
         self.bond_table = bond_table
         self.valence_table = valence_table
+        self.stability_table = None if tables is None else tables.name
+        self.validity_orders = "inferred" if tables is None else tables.validity_orders
         self.use_rdkit = use_rdkit
         self.n_jobs = int(n_jobs)
         self.chunk_size = int(chunk_size)
@@ -595,15 +789,14 @@ class MoleculeMetrics:
             sl = slice(start, start + step)
             pos_c, z_c, mask_c = positions[sl], z[sl], mask[sl]
             orders = bond_orders(pos_c, z_c, mask=mask_c, table=self.bond_table)
-            lookup = self.valence_table.lookup(device=positions.device)
-            valence = atom_valences(orders).clamp(max=lookup.shape[1] - 1)
-            stable = lookup[z_c, valence] & mask_c
+            stable = valence_stable(atom_valences(orders), z_c, mask=mask_c, valence_table=self.valence_table)
             self.sums["n_molecules"] += int(pos_c.shape[0])
             self.sums["n_atoms"] += int(mask_c.sum())
             self.sums["n_stable_atoms"] += int(stable.sum())
             self.sums["n_stable_molecules"] += int((stable | ~mask_c).all(-1).sum())
             if self.use_rdkit:
-                graphs.extend(_graphs(orders.cpu(), z_c.cpu(), mask_c.cpu()))
+                rd_orders = orders.clamp(max=1) if self.validity_orders == "single" else orders
+                graphs.extend(_graphs(rd_orders.cpu(), z_c.cpu(), mask_c.cpu()))
         if self.use_rdkit:
             smiles = _map_smiles(graphs, self.n_jobs)
             valid = [s for s in smiles if s is not None]
@@ -618,7 +811,8 @@ class MoleculeMetrics:
 
     def merge(self, other: MoleculeMetrics) -> MoleculeMetrics:
         """Add ``other``'s state into this one (what a SUM reduction across processes does); returns self."""
-        if (other.bond_table.key, other.valence_table.key) != (self.bond_table.key, self.valence_table.key):
+        mine = (self.bond_table.key, self.valence_table.key, self.stability_table, self.validity_orders)
+        if (other.bond_table.key, other.valence_table.key, other.stability_table, other.validity_orders) != mine:
             raise ValueError("cannot merge metrics computed with different bond or valence tables")
         if other.use_rdkit != self.use_rdkit:
             raise ValueError("cannot merge a metric that uses RDKit with one that does not")
@@ -652,7 +846,8 @@ class MoleculeMetrics:
         Keys: ``n_molecules`` (molecules scored), ``n_atoms``, ``atom_stability``, ``molecule_stability``,
         ``n_valid``, ``validity``, ``n_unique``, ``uniqueness`` (unique / valid), ``valid_and_unique`` (unique /
         molecules), ``n_novel``, ``novelty`` (novel / unique), ``n_excluded_empty`` and ``n_excluded_non_finite``
-        (molecules left out, not scored), ``bond_table``, ``valence_table``, ``rdkit_version``.
+        (molecules left out, not scored), ``bond_table``, ``valence_table``, ``stability_table`` (the name of the
+        :class:`StabilityTable`, ``None`` for tables given one by one), ``rdkit_version``.
         """
         sums, counts = self._synced_state()
         n_unique = len(counts) if self.use_rdkit else None
@@ -675,6 +870,7 @@ class MoleculeMetrics:
             "n_excluded_non_finite": sums["n_excluded_non_finite"],
             "bond_table": self.bond_table.key,
             "valence_table": self.valence_table.key,
+            "stability_table": self.stability_table,
             "rdkit_version": rdkit_version() if self.use_rdkit else None,
         }
         return result
@@ -687,7 +883,8 @@ def evaluate_molecules(
     mask: torch.Tensor | None = None,
     reference_smiles: Iterable[str] | None = None,
     bond_table: BondLengthTable = EDM_BOND_TABLE,
-    valence_table: ValenceTable = EDM_VALENCES,
+    valence_table: ValenceTable | ChargedValenceTable = EDM_VALENCES,
+    tables: StabilityTable | None = None,
     use_rdkit: bool = True,
     n_jobs: int = 1,
 ) -> dict[str, Any]:
@@ -704,6 +901,7 @@ def evaluate_molecules(
         reference_smiles=reference_smiles,
         bond_table=bond_table,
         valence_table=valence_table,
+        tables=tables,
         use_rdkit=use_rdkit,
         n_jobs=n_jobs,
     )
