@@ -30,7 +30,9 @@ RESUME_KEYS = (
     "optimizer",
     "seed",
 )
-DATA_SOURCES = ("qm9", "synthetic", "auto")
+DATA_SOURCES = ("qm9", "synthetic", "auto", "geom-drugs")
+#: ``stability_table="auto"``: the protocol of each data source (:mod:`.geom_tables`).
+DEFAULT_STABILITY_TABLES = {"qm9": "edm-v1", "synthetic": "edm-v1", "geom-drugs": "edm-geom-v1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,11 @@ class QM9Config:
     ``max_molecules`` caps the training set (a seeded subset, after ``dataset_frac``).
     ``lr``/``position_weight`` ``None``: paper Tables 6-7. ``k0`` ``None``: the authors' coefficient scale (a
     spec's own ``:k0=`` wins). ``data="auto"``: QM9 when its cache exists, else synthetic molecules (the summary
-    says which). ``epochs`` may be fractional; ``max_steps`` caps the optimiser steps (a stop, resumable);
+    says which); ``data="geom-drugs"`` streams EDM's ``geom_drugs_30.npy`` at ``geom_path`` (``None``:
+    ``$ENERGYLOSS_CACHE/geom/geom_drugs_30.npy``, else ``~/.cache/energyloss/geom/...``) with the stored
+    ``geom_permutation.npy`` split next to it. ``stability_table`` names the evaluation protocol
+    (:data:`~.geom_tables.STABILITY_TABLES`; ``"auto"``: ``edm-geom-v1`` on GEOM, ``edm-v1`` otherwise).
+    ``epochs`` may be fractional; ``max_steps`` caps the optimiser steps (a stop, resumable);
     ``train_minutes`` stops the *first* loss of a sweep after that much training time and gives every later loss
     the same number of steps (compute matching on a machine of unknown speed); ``eval_every`` is in epochs
     (fractional allowed). ``sampling_steps`` ``None`` samples with all ``diffusion_steps``. ``ema_warmup`` uses the
@@ -56,6 +62,7 @@ class QM9Config:
     dataset_frac: float = 1.0
     max_molecules: int | None = None
     cache_dir: str | None = None
+    geom_path: str | None = None
     hidden_nf: int = 256
     n_layers: int = 9
     diffusion_steps: int = 1000
@@ -77,6 +84,7 @@ class QM9Config:
     eval_batch_size: int = 500
     sampling_steps: int | None = None
     novelty: bool = True
+    stability_table: str = "auto"
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"
@@ -93,6 +101,10 @@ class QM9Config:
             raise ValueError(f"losses: a loss is given twice in {', '.join(losses)}")
         if self.data not in DATA_SOURCES:
             raise ValueError(f"data must be one of {', '.join(DATA_SOURCES)}, got {self.data!r}")
+        if self.stability_table != "auto":
+            from .geom_tables import get_stability_table
+
+            get_stability_table(self.stability_table)
         if not 0 < self.dataset_frac <= 1:
             raise ValueError(f"dataset_frac must lie in (0, 1], got {self.dataset_frac}")
         for name in (
@@ -155,7 +167,12 @@ def _preset(**changes: Any) -> QM9Config:
 #: losses at lr 1e-3 (Table 6's MSE value: Table 6's energy value, 4e-4, tuned for batch 512 and 3000 epochs, left
 #: the energy run behind MSE from epoch 2.5 on at this scale; docs/results/qm9.md §1). ``paper``: App. C.2.1 (9
 #: layers, 256 features, 1000 steps, 3000 epochs, EMA 0.9999, the registry's paper batch size: 512 for GDM and 400
-#: for EDM) with EDM's evaluation (500 samples every 10 epochs, 10,000 at the end).
+#: for EDM) with EDM's evaluation (500 samples every 10 epochs, 10,000 at the end). ``paper-geom``: App. C.2.2 on
+#: GEOM-Drugs (``data=geom-drugs``): GDM-aug (Table 1), 4 layers, 256 features, batch 128 (global, over all
+#: torchrun ranks: the paper used 4 GPUs), 13 epochs, Adam, Table 6's learning rates and weights, exponential
+#: coefficients for the dense energy and inverse-distance ones for the sparse energy (Table 12); what the paper
+#: leaves open follows EDM's GEOM command (README: 1000 steps, EMA 0.9999, 500 samples per epoch) and its
+#: ``eval_analyze.py`` (10,000 samples at the end).
 PRESETS: dict[str, QM9Config] = {
     "smoke": _preset(
         data="auto",
@@ -216,6 +233,25 @@ PRESETS: dict[str, QM9Config] = {
         checkpoint_every=1000,
         losses=("mse", "kabsch_mse", "energy:exp", "sparse_energy:exp"),
     ),
+    "paper-geom": _preset(
+        data="geom-drugs",
+        model="gdm-aug",
+        hidden_nf=256,
+        n_layers=4,
+        diffusion_steps=1000,
+        batch_size=128,
+        epochs=13.0,
+        ema_decay=0.9999,
+        ema_warmup=False,
+        eval_every=1.0,
+        n_eval_samples=500,
+        n_final_samples=10000,
+        eval_batch_size=250,
+        sampling_steps=None,
+        novelty=False,
+        checkpoint_every=2000,
+        losses=("mse", "energy:exp", "sparse_energy:inverse"),
+    ),
 }
 
 #: Help of the generated command-line options (:mod:`energyloss.experiments.options`).
@@ -224,10 +260,12 @@ OPTION_HELP: dict[str, str] = {
     "losses": "positional losses, compute-matched sweep: "
     + ", ".join(POSITION_LOSSES)
     + " (energy losses as NAME:SCHEME[:k0=X], sparse_energy also :k=K,symmetrize)",
-    "data": "qm9, synthetic, or auto (qm9 when its cache exists)",
+    "data": "qm9, synthetic, auto (qm9 when its cache exists) or geom-drugs (EDM's geom_drugs_30.npy, streamed)",
     "dataset_frac": "fraction of the training set (Fig. 4)",
     "max_molecules": "at most this many training molecules, a seeded subset (none: all)",
     "cache_dir": "QM9 cache folder (none: $ENERGYLOSS_CACHE or ~/.cache/energyloss)",
+    "geom_path": "geom-drugs: EDM's geom_drugs_30.npy, with geom_permutation.npy next to it "
+    "(none: $ENERGYLOSS_CACHE/geom/geom_drugs_30.npy)",
     "hidden_nf": "hidden features",
     "n_layers": "layers of the denoiser",
     "diffusion_steps": "diffusion steps T",
@@ -249,7 +287,9 @@ OPTION_HELP: dict[str, str] = {
     "n_final_samples": "molecules of the last evaluation (none: n_eval_samples)",
     "eval_batch_size": "molecules per sampling batch",
     "sampling_steps": "strided ancestral sampling steps (none: all diffusion steps)",
-    "novelty": "novelty against the training set (needs RDKit)",
+    "novelty": "novelty against the training set (needs RDKit; not computed on GEOM-Drugs, as in EDM)",
+    "stability_table": "evaluation protocol: auto (edm-geom-v1 on GEOM, else edm-v1), edm-v1, edm-geom-v1 or "
+    "geom-revisited-v1",
     "checkpoint_every": "steps between checkpoints",
     "seed": "seed of the initial weights, data order and noise",
     "device": "auto, cpu, cuda or cuda:N",
@@ -262,6 +302,7 @@ OPTION_CHOICES = {
     "data": DATA_SOURCES,
     "optimizer": ("adam", "adamw"),
     "coefficient_distance": ("positions", "features"),
+    "stability_table": ("auto", "edm-v1", "edm-geom-v1", "geom-revisited-v1"),
 }
 
 
@@ -293,6 +334,8 @@ def extra_overrides(args, cfg: QM9Config) -> dict[str, Any]:
         raw = [f"{s}:{args.coefficients}" if b else s for s, b in zip(raw, bare, strict=True)]
     if args.loss is not None or args.coefficients is not None:
         changes["losses"] = tuple(raw)
+    if getattr(args, "preset", None) == "paper" and cfg.data == "geom-drugs":
+        raise ValueError("--preset paper is the QM9 setting (App. C.2.1); GEOM-Drugs has --preset paper-geom")
     if getattr(args, "preset", None) == "paper" and "batch_size" not in given:
         changes["batch_size"] = get_model(cfg.model).paper_batch_size
     return changes

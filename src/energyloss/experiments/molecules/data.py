@@ -461,6 +461,11 @@ class MoleculeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.molecules)
 
+    @property
+    def num_atoms(self) -> torch.Tensor:
+        """``(n,)`` atoms per molecule."""
+        return self.molecules.num_atoms
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = int(i)
         if not -len(self) <= i < len(self):

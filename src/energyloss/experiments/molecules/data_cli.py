@@ -3,13 +3,19 @@
 ::
 
     energyloss data qm9 [--summary] [--cache-dir DIR] [--source auto|qm9pack|figshare] [--force]
-    energyloss data geom-drugs PATH [--summary]
+    energyloss data geom-drugs [PATH] [--summary] [--seed N]
 
 ``qm9`` builds (or verifies) the cached QM9 tensors and prints the cache path; with ``--summary`` it prints one
 JSON object instead: for each split (``train``, ``valid``, ``test``) ``n_molecules``, ``n_atoms_histogram``
 (atom count -> molecules) and ``element_counts`` (symbol -> atoms), plus the source, the split recipe and
 ``edm_checks`` (whether the training split matches the statistics EDM ships). Progress goes to stderr, so
 stdout stays parseable.
+
+``geom-drugs`` indexes EDM's ``geom_drugs_30.npy`` (default ``$ENERGYLOSS_CACHE/geom/geom_drugs_30.npy``) in one
+streamed pass, caches the index next to it and prints the split sizes; ``--summary`` prints its card: per split
+``n_molecules`` (conformers) and ``n_atoms_histogram``, the file's rows, conformers, largest conformer and element
+counts, and the split recipe. A missing file (or ``geom_permutation.npy``) is one line on stderr naming it and
+saying how to get it, exit 2.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ DESCRIPTION = "Prepare a molecule data set (qm9, geom-drugs) into the cache and 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", choices=["qm9", "geom-drugs"], help="which data set")
-    parser.add_argument("path", nargs="?", default=None, help="geom-drugs: the geom_drugs_30.npy file")
+    parser.add_argument(
+        "path", nargs="?", default=None, help="geom-drugs: the geom_drugs_30.npy file (default: in the cache folder)"
+    )
     parser.add_argument("--summary", action="store_true", help="print the data set card as one JSON object")
     parser.add_argument(
         "--cache-dir",
@@ -85,16 +93,33 @@ def _qm9(args: argparse.Namespace) -> int:
 
 
 def _geom(args: argparse.Namespace) -> int:
-    from . import geom, qm9
+    from . import geom
 
-    if args.path is None:
-        print("energyloss data geom-drugs: give the path of geom_drugs_30.npy", file=sys.stderr)
+    path = args.path
+    if path is None and args.cache_dir is not None:
+        from pathlib import Path
+
+        path = Path(args.cache_dir).expanduser() / "geom" / geom.GEOM_FILE
+    try:
+        splits = geom.geom_drugs_datasets(path, seed=args.seed)
+    except (OSError, ValueError) as err:
+        print(f"energyloss data geom-drugs: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    splits = geom.load_geom_drugs(args.path, seed=args.seed)
+    first = splits["train"]
     if args.summary:
-        print(json.dumps({"dataset": "geom-drugs", **qm9.dataset_card(splits)}, indent=1))
+        card = geom.geom_card(splits)
+        stored = args.seed is None
+        card["split"] = {
+            "permutation": str(first.path.with_name(geom.PERMUTATION_FILE)) if stored else None,
+            "seed": args.seed,
+            "recipe": "conformers in file order, permuted by EDM's stored geom_permutation.npy (or "
+            "numpy.random.RandomState(seed).permutation(n)); valid = first int(0.1 n), test = next int(0.1 n), "
+            "train = the rest (conformers of one molecule can fall into different splits, as in EDM)",
+        }
+        print(json.dumps({"dataset": "geom-drugs", **card}, indent=1))
     else:
-        print("GEOM-Drugs: " + ", ".join(f"{k} {len(v)} conformers" for k, v in splits.items()))
+        counts = ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+        print(f"GEOM-Drugs ready: {first.path} ({first.index.n_rows:,} rows; conformers: {counts})")
     return 0
 
 

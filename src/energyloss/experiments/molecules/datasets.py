@@ -1,4 +1,9 @@
-"""Training data of ``energyloss run qm9``: the QM9 train split or small synthetic molecules, and their description."""
+"""Training data of ``energyloss run qm9``: the QM9 or GEOM-Drugs train split, or small synthetic molecules.
+
+Besides the molecules, a data source fixes the one-hot columns (the dataset's ``elements``: QM9's 5, EDM's 16
+GEOM types), whether the nuclear charge is a feature (EDM: on QM9, off on GEOM-Drugs) and the default evaluation
+protocol (:data:`~.config.DEFAULT_STABILITY_TABLES`): :func:`data_settings`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,19 @@ import dataclasses
 
 import torch
 
-from .config import QM9_ELEMENTS, QM9Config
+from .config import DEFAULT_STABILITY_TABLES, QM9_ELEMENTS, QM9Config
 
-__all__ = ["describe_data", "load_training_set", "reference_smiles", "resolve_data", "synthetic_molecules"]
+__all__ = [
+    "check_data",
+    "data_settings",
+    "describe_data",
+    "geom_path",
+    "load_training_set",
+    "reference_smiles",
+    "resolve_data",
+    "stability_tables",
+    "synthetic_molecules",
+]
 
 # fmt: off
 _TEMPLATES: tuple[tuple[tuple[int, ...], tuple[tuple[float, float, float], ...]], ...] = (
@@ -60,8 +75,65 @@ def resolve_data(cfg: QM9Config) -> QM9Config:
     return dataclasses.replace(cfg, data="qm9" if cache_path(cfg.cache_dir).is_file() else "synthetic")
 
 
+def geom_path(cfg: QM9Config):
+    """The GEOM-Drugs file of ``cfg`` (``geom_path``, else :func:`~.geom.default_geom_path`)."""
+    from pathlib import Path
+
+    from .geom import default_geom_path
+
+    return Path(cfg.geom_path).expanduser() if cfg.geom_path is not None else default_geom_path()
+
+
+def check_data(cfg: QM9Config) -> None:
+    """Raise before any run folder is made when the data of ``cfg`` (resolved) cannot be there.
+
+    GEOM-Drugs: :class:`~.geom.GeomDataMissing` (one line naming the file and how to get it) when the file or its
+    ``geom_permutation.npy`` is missing. QM9 builds its cache on first use, so nothing is checked.
+    """
+    if cfg.data != "geom-drugs":
+        return
+    from .geom import geom_drugs_datasets
+
+    geom_drugs_datasets(geom_path(cfg))  # scans (and caches) the index once; cheap afterwards
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """What a data source fixes in the model and its evaluation.
+
+    Attributes:
+        include_charges: the nuclear charge ``Z / 10`` is an atom feature (EDM: QM9 yes, GEOM-Drugs no).
+        stability_table: name of the default evaluation protocol.
+    """
+
+    include_charges: bool
+    stability_table: str
+
+
+def data_settings(data: str) -> DataSettings:
+    """The :class:`DataSettings` of a resolved data source (``qm9``, ``synthetic``, ``geom-drugs``)."""
+    if data not in DEFAULT_STABILITY_TABLES:
+        raise ValueError(f"data must be one of {', '.join(DEFAULT_STABILITY_TABLES)} (resolved), got {data!r}")
+    return DataSettings(include_charges=data != "geom-drugs", stability_table=DEFAULT_STABILITY_TABLES[data])
+
+
+def stability_tables(cfg: QM9Config):
+    """The :class:`~.metrics.StabilityTable` evaluations of ``cfg`` use (``stability_table``, ``auto`` resolved)."""
+    from .geom_tables import get_stability_table
+
+    name = cfg.stability_table
+    if name == "auto":
+        name = data_settings(resolve_data(cfg).data).stability_table
+    return get_stability_table(name)
+
+
 def describe_data(cfg: QM9Config, n_train: int) -> str:
     """One sentence naming the training data, for summaries (``cfg.data`` resolved)."""
+    if cfg.data == "geom-drugs":
+        return (
+            f"GEOM-Drugs train split ({n_train:,} conformers of {geom_path(cfg)}, EDM's split by its stored "
+            "geom_permutation.npy)"
+        )
     if cfg.data == "qm9":
         from .qm9 import N_TRAIN
 
@@ -75,11 +147,20 @@ def describe_data(cfg: QM9Config, n_train: int) -> str:
 
 
 def load_training_set(cfg: QM9Config):
-    """The training :class:`~.data.MoleculeDataset` (QM9 train split, or synthetic), subset by ``dataset_frac``."""
+    """The training dataset (QM9 or GEOM-Drugs train split, or synthetic), subset by ``dataset_frac``.
+
+    QM9 and synthetic: a :class:`~.data.MoleculeDataset`; GEOM-Drugs: a :class:`~.geom.GeomDrugsDataset` that
+    reads each batch's rows from the memory-mapped file.
+    """
     from .data import MoleculeDataset
 
     cfg = resolve_data(cfg)
-    if cfg.data == "synthetic":
+    if cfg.data == "geom-drugs":
+        from .geom import geom_drugs_datasets
+
+        ds = geom_drugs_datasets(geom_path(cfg))["train"]
+        ds = ds if cfg.dataset_frac == 1.0 else ds.subset(cfg.dataset_frac, seed=cfg.seed)
+    elif cfg.data == "synthetic":
         ds = MoleculeDataset(synthetic_molecules(N_SYNTHETIC, seed=cfg.seed), elements=QM9_ELEMENTS)
         ds = ds if cfg.dataset_frac == 1.0 else ds.subset(cfg.dataset_frac, seed=cfg.seed)
     elif cfg.data == "qm9":
@@ -87,17 +168,20 @@ def load_training_set(cfg: QM9Config):
 
         ds = qm9_dataset("train", cache_dir=cfg.cache_dir, dataset_frac=cfg.dataset_frac, seed=cfg.seed)
     else:
-        raise ValueError(f"data must be 'qm9', 'synthetic' or 'auto', got {cfg.data!r}")
+        raise ValueError(f"data must be 'qm9', 'synthetic', 'auto' or 'geom-drugs', got {cfg.data!r}")
     if cfg.max_molecules is not None and len(ds) > cfg.max_molecules:
         ds = ds.subset((cfg.max_molecules + 0.5) / len(ds), seed=cfg.seed)
     return ds
 
 
 def reference_smiles(cfg: QM9Config, train_set) -> set[str] | None:
-    """SMILES of the training molecules for novelty (``None`` without RDKit or with ``novelty`` off)."""
+    """SMILES of the training molecules for novelty (``None`` without RDKit, with ``novelty`` off, or on GEOM).
+
+    EDM computes no novelty on GEOM-Drugs (millions of conformers); neither do we.
+    """
     from .metrics import rdkit_version
 
-    if not cfg.novelty or rdkit_version() is None:
+    if not cfg.novelty or rdkit_version() is None or resolve_data(cfg).data == "geom-drugs":
         return None
     if resolve_data(cfg).data == "qm9":
         from .qm9 import qm9_reference_smiles

@@ -1,5 +1,9 @@
 r"""``energyloss run qm9``: diffusion models on QM9 trained with MSE, MAE, Kabsch-MSE or the energy loss (§6.2).
 
+``--data geom-drugs`` trains the same models on GEOM-Drugs (EDM's ``geom_drugs_30.npy``, streamed from disk:
+:mod:`.geom`; paper App. C.2.2 is ``--preset paper-geom``), evaluated with EDM's GEOM protocol by default
+(``--stability-table``, :mod:`.geom_tables`).
+
 One run trains one denoiser of the model registry (:mod:`.registry`: ``--model gdm | gdm-aug | egnn``) with one
 positional loss, or a sweep over several (``--losses mse,energy:exp,kabsch_mse``; the grammar of
 :mod:`energyloss.experiments.losses`), each with the same data, steps and seed (compute-matched). Each loss trains
@@ -35,7 +39,14 @@ from .config import (
     add_extra_arguments,
     extra_overrides,
 )
-from .datasets import describe_data, load_training_set, resolve_data, synthetic_molecules
+from .datasets import (
+    check_data,
+    describe_data,
+    load_training_set,
+    resolve_data,
+    stability_tables,
+    synthetic_molecules,
+)
 from .distributed import destroy, maybe_init_distributed, rank_world
 from .trainer import nearest_neighbour_distances, train_model, wasserstein_1d
 
@@ -66,7 +77,11 @@ _FIXED = tuple(k for k in RESUME_KEYS if k != "loss")
 _PERCENT = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+def _data_name(cfg: QM9Config) -> str:
+    return "GEOM-Drugs" if cfg.data == "geom-drugs" else "QM9"
+
+
+def _plot(records: list[dict[str, Any]], path: Path, data_name: str = "QM9") -> Path | None:
     try:
         import matplotlib
 
@@ -79,7 +94,7 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
         ("epoch", "molecule_stability", "epoch", "molecule stability (%)"),
         ("epoch", "atom_stability", "epoch", "atom stability (%)"),
         ("epoch", "validity", "epoch", "validity (%)"),
-        ("epoch", "nn_distance_w1", "epoch", "nearest-neighbour W1 to QM9 (Å)"),
+        ("epoch", "nn_distance_w1", "epoch", f"nearest-neighbour W1 to {data_name} (Å)"),
         ("train_minutes", "atom_stability", "training time (min)", "atom stability (%)"),
     ]
     panels = [p for p in panels if any(r.get(p[1]) is not None for r in records)]  # e.g. no W1 in old records
@@ -94,7 +109,7 @@ def _plot(records: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, (_, _, xlabel, ylabel) in zip(axes, panels, strict=True):
         ax.set(xlabel=xlabel, ylabel=ylabel)
     axes[0].legend()
-    fig.suptitle(f"{records[0]['model']} on QM9: stability of EMA samples during training")
+    fig.suptitle(f"{records[0]['model']} on {data_name}: stability of EMA samples during training")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -121,11 +136,14 @@ def _summary(cfg: QM9Config, records: list[dict[str, Any]], data: str) -> str:
         "nn_distance_w1": "NN W1 (Å)",
     }
     table = markdown_table(final, list(columns), headers=list(columns.values()), floatfmt=".4g")
+    tables = stability_tables(cfg)
     return (
-        f"# QM9 diffusion: {cfg.model}, {cfg.n_layers} layers x {cfg.hidden_nf}, batch {cfg.batch_size}\n\n"
-        f"Data: {data}.\n\n{table}\n\n"
+        f"# {_data_name(cfg)} diffusion: {cfg.model}, {cfg.n_layers} layers x {cfg.hidden_nf}, batch {cfg.batch_size}"
+        f"\n\nData: {data}.\n\n{table}\n\n"
         f"{cfg.n_eval_samples} EMA samples per evaluation ({cfg.n_final_samples or cfg.n_eval_samples} at the end), "
-        f"{cfg.sampling_steps or cfg.diffusion_steps} sampling steps of {cfg.diffusion_steps}.\n"
+        f"{cfg.sampling_steps or cfg.diffusion_steps} sampling steps of {cfg.diffusion_steps}. "
+        f"Stability table: {tables.name} (bond table {tables.bonds.key}, valence table {tables.valences.key}, "
+        f"validity with {tables.validity_orders} bond orders).\n"
     )
 
 
@@ -134,13 +152,15 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Train every loss of ``cfg.losses`` (compute-matched) into ``out/<loss-tag>/`` and aggregate the results."""
     cfg = resolve_data(cfg.validate())
+    check_data(cfg)  # a missing GEOM file is one line, before any run folder exists
     maybe_init_distributed(cfg.device)
     rank, _ = rank_world()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     if torch.cuda.is_available() and cfg.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls in the network (losses do not use matmul)
-    run_dir = open_run_folder(out, f"qm9-{cfg.model}", cfg, preset=preset, fixed=_FIXED) if rank == 0 else None
+    prefix = "geom-drugs" if cfg.data == "geom-drugs" else "qm9"
+    run_dir = open_run_folder(out, f"{prefix}-{cfg.model}", cfg, preset=preset, fixed=_FIXED) if rank == 0 else None
     from .distributed import dist
 
     d = dist()
@@ -150,7 +170,7 @@ def run_sweep(
         run_dir = Path(holder[0])
     assert run_dir is not None
     if rank == 0:
-        log(f"energyloss run qm9: {len(cfg.losses)} loss(es) of {cfg.model}; run folder {run_dir}")
+        log(f"energyloss run qm9: {len(cfg.losses)} loss(es) of {cfg.model} on {cfg.data}; run folder {run_dir}")
     records: list[dict[str, Any]] = []
     tags = {spec: parse_loss_spec(spec).tag for spec in cfg.losses}
     if cfg.jobs > 1:
@@ -181,8 +201,11 @@ def run_sweep(
             records += out_records
     if rank == 0:
         write_csv(run_dir / "records.csv", records)
-        write_json(run_dir / "metrics.json", {"data": describe_data(cfg, n_train), "records": records})
-        _plot(records, run_dir / "convergence.png")
+        write_json(
+            run_dir / "metrics.json",
+            {"data": describe_data(cfg, n_train), "stability_table": stability_tables(cfg).name, "records": records},
+        )
+        _plot(records, run_dir / "convergence.png", _data_name(cfg))
         write_summary(run_dir, _summary(cfg, records, describe_data(cfg, n_train)))
         log(f"run folder: {run_dir}")
     return records

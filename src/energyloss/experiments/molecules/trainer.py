@@ -2,8 +2,11 @@ r"""Training one molecule diffusion model with one positional loss: :class:`Trai
 
 Training (EDM's recipe, see :mod:`.diffusion_model`): Adam (or the authors' AdamW with amsgrad and weight decay
 1e-12), EDM's adaptive gradient clipping (max norm = 1.5 mean + 2 std of the last 50 norms) or a fixed norm, an
-EMA of the weights (evaluation samples from it), and evaluation every ``eval_every`` epochs with the QM9 metrics
-of :mod:`.metrics` on molecules drawn by ancestral sampling with the training set's atom-count histogram.
+EMA of the weights (evaluation samples from it), and evaluation every ``eval_every`` epochs with the metrics of
+:mod:`.metrics` under the run's named protocol (``stability_table``: EDM's QM9 or GEOM tables, or the GEOM-Drugs
+revisited valences, :mod:`.geom_tables`) on molecules drawn by ancestral sampling with the training set's
+atom-count histogram. The one-hot columns are the training set's ``elements`` (QM9: 5, GEOM-Drugs: EDM's 16);
+the data source also fixes whether the nuclear charge is a feature (:func:`.datasets.data_settings`).
 
 Randomness is a function of ``(seed, step)``: the data order of an epoch is a permutation seeded by
 ``(seed, 0, epoch)``, the noise of a step by ``(seed, 1, step)`` (drawn for the whole global batch), the sparse
@@ -54,6 +57,8 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+#: Atom pairs per chunk of :func:`nearest_neighbour_distances` (32 MiB of float64 distances).
+_NN_PAIR_BUDGET = 2**22
 _METRICS = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
 
 
@@ -78,10 +83,18 @@ class GradNormQueue:
         self.values = (self.values + [float(value)])[-self.size :]
 
 
-def build_model(cfg: QM9Config, spec: str | LossSpec, device: torch.device) -> tuple[MoleculeDiffusion, float]:
+def build_model(
+    cfg: QM9Config,
+    spec: str | LossSpec,
+    device: torch.device,
+    *,
+    elements: tuple[int, ...] = QM9_ELEMENTS,
+    include_charges: bool = True,
+) -> tuple[MoleculeDiffusion, float]:
     """The diffusion model of ``cfg.model`` with the positional loss ``spec``, and its learning rate.
 
-    The weights depend only on ``cfg.seed`` (identical for every loss of a sweep and every rank).
+    ``elements`` are the one-hot columns (the training set's); ``include_charges`` adds the nuclear charge as a
+    feature. The weights depend only on ``cfg.seed`` (identical for every loss of a sweep and every rank).
     """
     spec = parse_loss_spec(spec)
     entry = get_model(cfg.model)
@@ -92,10 +105,12 @@ def build_model(cfg: QM9Config, spec: str | LossSpec, device: torch.device) -> t
 
         pool = RigidGraphPool(3, k=spec.degree, size=100, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    dynamics = build_dynamics(entry.dynamics, len(QM9_ELEMENTS) + 1, hidden_nf=cfg.hidden_nf, n_layers=cfg.n_layers)
+    in_node_nf = len(elements) + int(include_charges)
+    dynamics = build_dynamics(entry.dynamics, in_node_nf, hidden_nf=cfg.hidden_nf, n_layers=cfg.n_layers)
     model = MoleculeDiffusion(
         dynamics,
-        n_types=len(QM9_ELEMENTS),
+        n_types=len(elements),
+        include_charges=include_charges,
         steps=cfg.diffusion_steps,
         position_loss=spec,
         k0=cfg.k0,
@@ -175,10 +190,13 @@ def evaluate(
     sampling_steps: int | None,
     generator: torch.Generator,
     reference_smiles: set[str] | None = None,
+    elements: tuple[int, ...] = QM9_ELEMENTS,
+    tables=None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Sample ``n_samples`` molecules (this rank's share under DDP) and compute the QM9 metrics (all ranks).
+    """Sample ``n_samples`` molecules (this rank's share under DDP) and compute their metrics (all ranks).
 
-    Returns the metrics (reduced over ranks) and this rank's samples (padded, on the CPU).
+    ``elements``: the model's one-hot columns; ``tables``: a :class:`~.metrics.StabilityTable` (default EDM's
+    QM9 protocol). Returns the metrics (reduced over ranks) and this rank's samples (padded, on the CPU).
     """
     from .data import sample_node_counts
     from .metrics import MoleculeMetrics, rdkit_version
@@ -188,14 +206,14 @@ def evaluate(
     use_rdkit = rdkit_version() is not None  # without RDKit: stability only (evaluate samples.npz elsewhere)
     # a diverged sample (NaN coordinates) is a failed generation: it counts against the model, not out of the ratios
     metric = MoleculeMetrics(
-        reference_smiles=reference_smiles if use_rdkit else None, use_rdkit=use_rdkit, non_finite="fail"
+        reference_smiles=reference_smiles if use_rdkit else None, tables=tables, use_rdkit=use_rdkit, non_finite="fail"
     )
     pieces = []
     was_training = model.training
     model.eval()
     for start in range(0, share, batch_size):
         counts = sample_node_counts(histogram, min(batch_size, share - start), generator=generator)
-        out = model.sample(counts, elements=QM9_ELEMENTS, steps=sampling_steps, generator=generator)
+        out = model.sample(counts, elements=elements, steps=sampling_steps, generator=generator)
         metric.update(out["positions"].cpu(), out["atomic_numbers"].cpu(), mask=out["mask"].cpu())
         pieces.append({k: v.cpu() for k, v in out.items()})
     model.train(was_training)
@@ -213,6 +231,11 @@ def nearest_neighbour_distances(positions: torch.Tensor, mask: torch.Tensor) -> 
         >>> nearest_neighbour_distances(pos, torch.ones(1, 3, dtype=torch.bool)).tolist()
         [1.0, 1.0, 2.0]
     """
+    b, n = mask.shape
+    if b * n * n > _NN_PAIR_BUDGET:  # large molecules (GEOM): bounded memory, molecules are independent
+        step = max(1, _NN_PAIR_BUDGET // (n * n))
+        parts = [nearest_neighbour_distances(positions[k : k + step], mask[k : k + step]) for k in range(0, b, step)]
+        return torch.cat(parts) if parts else torch.zeros(0)
     d = torch.cdist(positions.double(), positions.double())
     pair = mask[:, :, None] & mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool)
     d = torch.where(pair, d, torch.inf)
@@ -263,7 +286,7 @@ class Trainer:
         on_step: Callable[[int], None] | None = None,
         show_progress: bool = True,
     ) -> None:
-        from .datasets import load_training_set, reference_smiles
+        from .datasets import data_settings, load_training_set, reference_smiles, resolve_data, stability_tables
 
         self.cfg, self.spec = cfg, str(parse_loss_spec(spec))
         self.run_dir = Path(run_dir)
@@ -274,7 +297,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.train_set = load_training_set(cfg) if train_set is None else train_set
         self.histogram = self.train_set.node_count_histogram()
-        self.num_atoms = self.train_set.molecules.num_atoms
+        self.num_atoms = self.train_set.num_atoms
+        self.elements = tuple(int(e) for e in self.train_set.elements)
+        self.include_charges = data_settings(resolve_data(cfg).data).include_charges
+        self.tables = stability_tables(cfg)
         self.n_train = len(self.train_set)
         self.steps_per_epoch = max(1, self.n_train // cfg.batch_size)  # drop the last partial batch
         total = int(math.ceil(cfg.epochs * self.steps_per_epoch))
@@ -283,7 +309,9 @@ class Trainer:
         self.time_limit = None if cfg.train_minutes is None else 60.0 * cfg.train_minutes
         self.augment = get_model(cfg.model).augment
 
-        model, self.lr = build_model(cfg, self.spec, self.device)
+        model, self.lr = build_model(
+            cfg, self.spec, self.device, elements=self.elements, include_charges=self.include_charges
+        )
         ema = copy.deepcopy(model).eval()
         for p in ema.parameters():
             p.requires_grad_(False)
@@ -319,6 +347,9 @@ class Trainer:
                 "coefficients": repr(model.coefficients),
                 "parameters": count_parameters(model),
                 "n_train": self.n_train,
+                "elements": list(self.elements),
+                "include_charges": self.include_charges,
+                "stability_table": self.tables.name,
                 "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps,
                 "world_size": self.world,
@@ -390,6 +421,8 @@ class Trainer:
             sampling_steps=cfg.sampling_steps,
             generator=derived_generator(cfg.seed, 2, s.step, self.rank),
             reference_smiles=self.reference_smiles,
+            elements=self.elements,
+            tables=self.tables,
         )
         eval_seconds = time.perf_counter() - t0
         totals = all_reduce_sum([s.loss_sum, s.loss_count], self.device)
@@ -410,6 +443,7 @@ class Trainer:
             **{k: metrics[k] for k in _METRICS},
             "nn_distance_w1": wasserstein_1d(nn, self.reference_nn) if nn.numel() else None,
             "n_samples": metrics["n_molecules"],
+            "stability_table": self.tables.name,
         }
         s.records.append(record)
         s.loss_sum = s.loss_count = 0.0
