@@ -202,6 +202,15 @@ def test_generated_smoke_file(tmp_path, cache):
     }  # fmt: skip
 
 
+def test_edm_checks_recognise_edm_s_statistics():
+    sizes = np.array(list(geom.EDM_N_NODES), dtype=np.int32)
+    counts = np.repeat(sizes, list(geom.EDM_N_NODES.values()))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    index = geom.GeomIndex(starts, counts, np.arange(len(counts)), int(counts.sum()), dict(geom.EDM_ATOM_TYPES))
+    assert len(index) == 6_922_516 and index.n_rows == sum(geom.EDM_ATOM_TYPES.values()) == 322_877_623
+    assert geom.edm_checks(index) == {"n_atoms_histogram_matches_edm": True, "element_counts_match_edm": True}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Stability tables (hand-built molecules)
 
@@ -401,6 +410,7 @@ def test_data_card_of_a_generated_file(tmp_path, cache):
         "element_counts": card["file"]["element_counts"],
     }
     assert sum(card["file"]["element_counts"].values()) == sum(counts) and card["split"]["seed"] is None
+    assert card["edm_checks"] == {"n_atoms_histogram_matches_edm": False, "element_counts_match_edm": False}
     code, out, _ = _cli(["data", "geom-drugs", str(path)])
     assert code == 0 and out.startswith("GEOM-Drugs ready:") and "train 16" in out
     code, _, err = _cli(["data", "geom-drugs", str(tmp_path / "none.npy")])

@@ -36,8 +36,10 @@ by size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +50,8 @@ import torch
 from .data import ELEMENT_SYMBOLS, Molecules, batch_padded, batch_ragged, node_count_histogram
 
 __all__ = [
+    "EDM_ATOM_TYPES",
+    "EDM_N_NODES",
     "GEOM_ELEMENTS",
     "GEOM_FILE",
     "GEOM_MAX_ATOMS",
@@ -56,6 +60,7 @@ __all__ = [
     "GeomDrugsDataset",
     "GeomIndex",
     "default_geom_path",
+    "edm_checks",
     "geom_card",
     "geom_drugs_datasets",
     "geom_index",
@@ -354,6 +359,10 @@ class GeomDrugsDataset(torch.utils.data.Dataset):
         """The file's ``(M, 5)`` array, memory-mapped read-only (opened on first use)."""
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            handle = getattr(self._array, "_mmap", None)
+            if handle is not None and hasattr(mmap, "MADV_RANDOM"):  # batches jump around: no read-ahead
+                with contextlib.suppress(OSError, ValueError):
+                    handle.madvise(mmap.MADV_RANDOM)
         return self._array
 
     def __len__(self) -> int:
@@ -456,7 +465,8 @@ def geom_drugs_datasets(
 
 
 def geom_card(datasets: dict[str, GeomDrugsDataset]) -> dict[str, object]:
-    """Per split ``n_molecules`` (conformers) and ``n_atoms_histogram``; the file's rows, conformers and elements.
+    """Per split ``n_molecules`` (conformers) and ``n_atoms_histogram``; the file's rows, conformers and elements;
+    ``edm_checks`` (:func:`edm_checks`: whether the whole file has EDM's statistics).
 
     Element counts are over the whole file (the streamed pass counts them; per split they would need every row).
     """
@@ -474,6 +484,7 @@ def geom_card(datasets: dict[str, GeomDrugsDataset]) -> dict[str, object]:
             "max_atoms": int(index.counts.max()),
             "element_counts": {ELEMENT_SYMBOLS[z]: n for z, n in sorted(index.element_counts.items())},
         },
+        "edm_checks": edm_checks(index),
     }
 
 
@@ -567,6 +578,50 @@ def load_geom_drugs(
             part = part.select(torch.nonzero(part.num_atoms <= max_atoms).flatten())
         out[name] = part
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# EDM's statistics of the file
+
+# fmt: off
+#: Atom count -> conformers of EDM's ``geom_with_h["n_nodes"]`` (``configs/datasets_config.py``): 6,922,516
+#: conformers, 322,877,623 atoms. EDM samples the atom count of its GEOM molecules from it.
+EDM_N_NODES: dict[int, int] = {
+    3: 1, 4: 3, 5: 9, 6: 2, 7: 8, 8: 23, 9: 23, 10: 50, 11: 109, 12: 168, 13: 280, 14: 402, 15: 583, 16: 597,
+    17: 949, 18: 1284, 19: 1862, 20: 2674, 21: 3599, 22: 6109, 23: 8693, 24: 13604, 25: 17419, 26: 25672,
+    27: 31647, 28: 43809, 29: 56697, 30: 70400, 31: 82655, 32: 104100, 33: 122776, 34: 140834, 35: 164888,
+    36: 185451, 37: 194541, 38: 218549, 39: 231232, 40: 243300, 41: 253349, 42: 268341, 43: 272081, 44: 276917,
+    45: 276839, 46: 274747, 47: 272126, 48: 262709, 49: 250157, 50: 244781, 51: 228898, 52: 215338, 53: 203728,
+    54: 191697, 55: 180518, 56: 163843, 57: 152055, 58: 136536, 59: 120393, 60: 107292, 61: 94635, 62: 83179,
+    63: 68384, 64: 61517, 65: 48867, 66: 37685, 67: 32859, 68: 27367, 69: 20981, 70: 18699, 71: 14791, 72: 11921,
+    73: 9933, 74: 9037, 75: 6538, 76: 6374, 77: 4036, 78: 4189, 79: 3842, 80: 3277, 81: 2925, 82: 1843, 83: 2060,
+    84: 1394, 85: 1514, 86: 1357, 87: 1346, 88: 999, 89: 300, 90: 390, 91: 510, 92: 510, 93: 240, 94: 721, 95: 360,
+    96: 360, 97: 390, 98: 330, 99: 540, 100: 258, 101: 210, 102: 60, 103: 180, 104: 206, 105: 60, 106: 390,
+    107: 180, 108: 180, 109: 150, 110: 120, 111: 360, 112: 120, 113: 210, 114: 60, 115: 30, 116: 210, 117: 270,
+    118: 450, 119: 240, 120: 228, 121: 120, 122: 30, 123: 420, 124: 240, 125: 210, 126: 158, 127: 180, 128: 60,
+    129: 30, 130: 120, 131: 30, 132: 120, 133: 60, 134: 240, 135: 169, 136: 240, 137: 30, 138: 270, 139: 180,
+    140: 270, 141: 150, 142: 60, 143: 60, 144: 240, 145: 180, 146: 150, 147: 150, 148: 90, 149: 90, 151: 30,
+    152: 60, 155: 90, 159: 30, 160: 60, 165: 30, 171: 30, 175: 30, 176: 60, 181: 30
+}
+#: Atomic number -> atoms of EDM's ``geom_with_h["atom_types"]`` (the same 322,877,623 atoms).
+EDM_ATOM_TYPES: dict[int, int] = {
+    1: 143905848, 5: 290, 6: 129988623, 7: 20266722, 8: 21669359, 9: 1481844, 13: 1, 14: 250, 15: 36290,
+    16: 3999872, 17: 1224394, 33: 4, 35: 298702, 53: 5377, 80: 13, 83: 34,
+}
+# fmt: on
+
+
+def edm_checks(index: GeomIndex) -> dict[str, bool]:
+    """Whether a file's atom-count histogram and element counts (over all its conformers) are EDM's statistics.
+
+    EDM ships them in ``configs/datasets_config.py`` (:data:`EDM_N_NODES`, :data:`EDM_ATOM_TYPES`); both sum to the
+    same 322,877,623 atoms, which suggests they cover the whole file (not checked against a real file here).
+    """
+    histogram = node_count_histogram(torch.from_numpy(index.counts.astype(np.int64)))
+    return {
+        "n_atoms_histogram_matches_edm": histogram == EDM_N_NODES,
+        "element_counts_match_edm": dict(index.element_counts) == EDM_ATOM_TYPES,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
