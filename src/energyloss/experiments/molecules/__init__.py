@@ -9,6 +9,10 @@ Modules (import the one you need; this package imports nothing heavy on its own)
 - :mod:`~energyloss.experiments.molecules.geom`: GEOM-Drugs in the ``geom_drugs_30.npy`` row format;
 - :mod:`~energyloss.experiments.molecules.metrics`: bond orders, stability, RDKit validity, uniqueness,
   novelty (functional and accumulating, DDP-correct);
+- :mod:`~energyloss.experiments.molecules.bonds`: bond graphs, bonds perceived from 3-D structures, QM9 with bonds
+  (checked against QM9's SMILES, cached);
+- :mod:`~energyloss.experiments.molecules.table3_metrics` / :mod:`~energyloss.experiments.molecules.geometry_mmd`:
+  the paper's Table 3 metrics (JODO's 3-D and 2-D metrics, FCD, bond / angle / dihedral MMD);
 - :mod:`~energyloss.experiments.molecules.models`: the EGNN (EDM) and the plain message-passing GNN (GDM,
   GDM-aug) denoisers, padding-safe;
 - :mod:`~energyloss.experiments.molecules.diffusion_model`: EDM-style diffusion over positions, atom types and

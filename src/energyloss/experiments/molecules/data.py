@@ -18,6 +18,9 @@ The project's sample format (what the diffusion trainer writes and ``energyloss 
 - ``atomic_numbers``: integer array ``(B, N)``, 0 on padding; *or* ``one_hot: (B, N, K)`` together with
   ``elements: (K,)``, the atomic numbers of the one-hot columns;
 - optionally ``mask``: bool ``(B, N)`` (default: ``atomic_numbers > 0``);
+- optionally ``bond_orders``: integer ``(B, N, N)``, symmetric, 0 = no bond, 1 / 2 / 3, 4 = aromatic (JODO's edge
+  types), and ``formal_charges``: integer ``(B, N)``; read by :func:`~.bonds.load_bond_graphs` (the Table 3
+  metrics), ignored by the readers here;
 - ``format = "energyloss-molecules"`` and ``version = 1`` (written by :func:`save_molecules`, checked when
   present).
 
@@ -524,17 +527,30 @@ def save_molecules(
     atomic_numbers: torch.Tensor | np.ndarray,
     *,
     mask: torch.Tensor | np.ndarray | None = None,
+    bonds: torch.Tensor | np.ndarray | None = None,
+    formal_charges: torch.Tensor | np.ndarray | None = None,
 ) -> Path:
     """Write molecules in the project's sample format (``.npz`` or ``.pt``, chosen by the suffix).
 
     ``positions: (B, N, 3)`` in Angstrom, ``atomic_numbers: (B, N)`` (0 on padding), ``mask: (B, N)``
-    (default ``atomic_numbers > 0``).
+    (default ``atomic_numbers > 0``); optionally ``bonds: (B, N, N)`` bond orders (0 none, 1-3, 4 aromatic) and
+    ``formal_charges: (B, N)``, stored as ``bond_orders`` / ``formal_charges``.
     """
     path = Path(path)
     pos = torch.as_tensor(positions).detach().cpu().float()
     z = torch.as_tensor(atomic_numbers).detach().cpu().long()
     m = (z > 0) if mask is None else torch.as_tensor(mask).detach().cpu().bool()
     Molecules.from_padded(pos, z, m)  # validates shapes and the mask
+    extra: dict[str, torch.Tensor] = {}
+    if bonds is not None:
+        extra["bond_orders"] = torch.as_tensor(bonds).detach().cpu().to(torch.uint8)
+        if extra["bond_orders"].shape != (*z.shape, z.shape[-1]):
+            got = tuple(extra["bond_orders"].shape)
+            raise ValueError(f"bonds must have shape {(*z.shape, z.shape[-1])}; got {got}")
+    if formal_charges is not None:
+        extra["formal_charges"] = torch.as_tensor(formal_charges).detach().cpu().to(torch.int8)
+        if extra["formal_charges"].shape != z.shape:
+            raise ValueError(f"formal_charges must have shape {tuple(z.shape)}")
     if path.suffix == ".npz":
         np.savez_compressed(
             path,
@@ -543,6 +559,7 @@ def save_molecules(
             mask=m.numpy(),
             format=np.array(SAMPLE_FORMAT),
             version=np.array(SAMPLE_FORMAT_VERSION),
+            **{k: v.numpy() for k, v in extra.items()},
         )
     elif path.suffix == ".pt":
         torch.save(
@@ -552,6 +569,7 @@ def save_molecules(
                 "mask": m,
                 "format": SAMPLE_FORMAT,
                 "version": SAMPLE_FORMAT_VERSION,
+                **extra,
             },
             path,
         )
