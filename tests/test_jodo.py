@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from energyloss.experiments.molecules.jodo import (
+    TOY_MOLECULES,
     CosineSchedule,
     JodoConfig,
     JodoDiffusion,
@@ -17,42 +16,17 @@ from energyloss.experiments.molecules.jodo import (
 TINY = JodoConfig(hidden=32, edge_hidden=16, layers=2, heads=4, local_heads=1, rbf=8, dropout=0.0)
 
 
-def _molecules():
-    """Water, methane, ethanol and benzene (Kekule) by hand: (positions, Z, bonds [(i, j, order)], charges)."""
-    water = ([[0, 0, 0], [0.757, 0.586, 0], [-0.757, 0.586, 0]], [8, 1, 1], [(0, 1, 1), (0, 2, 1)])
-    a = 0.629
-    methane = (
-        [[0, 0, 0], [a, a, a], [-a, -a, a], [-a, a, -a], [a, -a, -a]],
-        [6, 1, 1, 1, 1],
-        [(0, k, 1) for k in range(1, 5)],
-    )
-    ethanol = (
-        [
-            [-1.17, -0.40, 0.0],
-            [0.0, 0.56, 0.0],
-            [1.19, -0.21, 0.0],
-            [1.94, 0.39, 0.0],
-            [-2.11, 0.16, 0.0],
-            [-1.13, -1.04, 0.88],
-            [-1.13, -1.04, -0.88],
-            [-0.04, 1.20, 0.88],
-            [-0.04, 1.20, -0.88],
-        ],
-        [6, 6, 8, 1, 1, 1, 1, 1, 1],
-        [(0, 1, 1), (1, 2, 1), (2, 3, 1), (0, 4, 1), (0, 5, 1), (0, 6, 1), (1, 7, 1), (1, 8, 1)],
-    )
-    ring = [(1.39 * math.cos(k * math.pi / 3), 1.39 * math.sin(k * math.pi / 3), 0.0) for k in range(6)]
-    hs = [(2.47 * math.cos(k * math.pi / 3), 2.47 * math.sin(k * math.pi / 3), 0.0) for k in range(6)]
-    benzene = (
-        ring + hs,
-        [6] * 6 + [1] * 6,
-        [(k, (k + 1) % 6, 2 if k % 2 == 0 else 1) for k in range(6)] + [(k, k + 6, 1) for k in range(6)],
-    )
-    return [water, methane, ethanol, benzene]
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is much faster than several on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _batch(mols=None, pad_to=None, dtype=torch.float32):
-    mols = _molecules() if mols is None else mols
+    mols = TOY_MOLECULES if mols is None else mols
     width = pad_to or max(len(z) for _, z, _ in mols)
     b = len(mols)
     pos = torch.zeros(b, width, 3, dtype=dtype)

@@ -67,6 +67,8 @@ __all__ = [
     "JodoDiffusion",
     "JodoGraphTransformer",
     "JodoSample",
+    "TOY_MOLECULES",
+    "toy_bonded_set",
 ]
 
 #: JODO's energy-loss scales per coefficient scheme (authors' ``JODO/energy_loss.py``, §1.2 of the notes).
@@ -364,6 +366,12 @@ class JodoSample:
         return mols, graphs
 
 
+def _randn(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise on ``like``'s device and dtype, drawn on the generator's device."""
+    device = like.device if generator is None else generator.device
+    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+
+
 def _expand(v: Tensor, like: Tensor) -> Tensor:
     return v.reshape(v.shape + (1,) * (like.dim() - v.dim()))
 
@@ -436,11 +444,10 @@ class JodoDiffusion(nn.Module):
         return _center(positions, mask), h, e
 
     def _noise(self, x: Tensor, h: Tensor, e: Tensor, mask: Tensor, generator=None) -> tuple[Tensor, Tensor, Tensor]:
-        kw = {"device": x.device, "dtype": x.dtype, "generator": generator}
         nf = mask.to(x.dtype)[..., None]
-        ex = _center(torch.randn(x.shape, **kw), mask)
-        eh = torch.randn(h.shape, **kw) * nf
-        ee = torch.randn(e.shape, **kw)
+        ex = _center(_randn(x.shape, x, generator), mask)
+        eh = _randn(h.shape, x, generator) * nf
+        ee = _randn(e.shape, x, generator)
         ee = torch.triu(ee.permute(0, 3, 1, 2), diagonal=1)
         ee = (ee + ee.transpose(-1, -2)).permute(0, 2, 3, 1) * _pair_mask(mask).to(x.dtype)[..., None]
         return ex, eh, ee
@@ -466,7 +473,8 @@ class JodoDiffusion(nn.Module):
         x, h, e = self.encode(positions, atomic_numbers, mask, bonds, formal_charges)
         bsz = x.shape[0]
         if t is None:
-            u = torch.rand(bsz, device=x.device, dtype=x.dtype, generator=generator)
+            draw = x.device if generator is None else generator.device
+            u = torch.rand(bsz, device=draw, dtype=x.dtype, generator=generator).to(x.device)
             t = u * (self.schedule.T - self.t_min) + self.t_min
         alpha, sigma = self.schedule.marginal(t)
         ex, eh, ee = self._noise(x, h, e, mask, generator)
@@ -534,7 +542,7 @@ class JodoDiffusion(nn.Module):
             torch.zeros(bsz, width, self.cfg.node_features, device=device, dtype=dtype),
             torch.zeros(bsz, width, width, self.cfg.bond_orders, device=device, dtype=dtype),
         )
-        gen = generator if generator is not None and generator.device == device else None
+        gen = generator
         zx, zh, ze = self._noise(*shapes, mask, gen)
         ts = torch.linspace(self.schedule.T, eps, steps, device=device, dtype=torch.float64)
         ss = torch.cat([ts[1:], torch.zeros(1, device=device, dtype=torch.float64)])
@@ -569,3 +577,62 @@ class JodoDiffusion(nn.Module):
         sym = 0.5 * (e + e.transpose(1, 2))
         bonds = sym.argmax(-1) * _pair_mask(mask)
         return JodoSample(_center(x, mask), z.long(), fc.long(), bonds.long(), mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny hand-built bonded set (tests and smoke runs)
+
+
+def _toy_molecules() -> tuple[tuple[list, list[int], list[tuple[int, int, int]]], ...]:
+    a = 0.629  # methane: C-H 1.09 A along the cube diagonals
+    water = ([[0.0, 0.0, 0.0], [0.757, 0.586, 0.0], [-0.757, 0.586, 0.0]], [8, 1, 1], [(0, 1, 1), (0, 2, 1)])
+    methane = (
+        [[0.0, 0.0, 0.0], [a, a, a], [-a, -a, a], [-a, a, -a], [a, -a, -a]],
+        [6, 1, 1, 1, 1],
+        [(0, k, 1) for k in range(1, 5)],
+    )
+    ethanol = (
+        [
+            [-1.17, -0.40, 0.0],
+            [0.0, 0.56, 0.0],
+            [1.19, -0.21, 0.0],
+            [1.94, 0.39, 0.0],
+            [-2.11, 0.16, 0.0],
+            [-1.13, -1.04, 0.88],
+            [-1.13, -1.04, -0.88],
+            [-0.04, 1.20, 0.88],
+            [-0.04, 1.20, -0.88],
+        ],
+        [6, 6, 8, 1, 1, 1, 1, 1, 1],
+        [(0, 1, 1), (1, 2, 1), (2, 3, 1), (0, 4, 1), (0, 5, 1), (0, 6, 1), (1, 7, 1), (1, 8, 1)],
+    )
+    ring = [[1.39 * math.cos(k * math.pi / 3), 1.39 * math.sin(k * math.pi / 3), 0.0] for k in range(6)]
+    hs = [[2.47 * math.cos(k * math.pi / 3), 2.47 * math.sin(k * math.pi / 3), 0.0] for k in range(6)]
+    benzene = (
+        ring + hs,
+        [6] * 6 + [1] * 6,
+        [(k, (k + 1) % 6, 2 if k % 2 == 0 else 1) for k in range(6)] + [(k, k + 6, 1) for k in range(6)],
+    )
+    return water, methane, ethanol, benzene
+
+
+#: Water, methane, ethanol and Kekule benzene built by hand: ``(positions (Angstrom), Z, [(i, j, order)])``;
+#: all formal charges are 0.
+TOY_MOLECULES = _toy_molecules()
+
+
+def toy_bonded_set(repeat: int = 1):
+    """:data:`TOY_MOLECULES` ``repeat`` times, as a :class:`~.data.Molecules` store and its :class:`~.bonds.BondGraphs`.
+
+    Example:
+        >>> mols, graphs = toy_bonded_set(2)
+        >>> len(mols), graphs.num_bonds.tolist()[:4]
+        (8, [2, 4, 8, 12])
+    """
+    from .bonds import BondGraphs
+    from .data import Molecules
+
+    items = list(TOY_MOLECULES) * int(repeat)
+    mols = Molecules.from_list([(torch.tensor(p), torch.tensor(z)) for p, z, _ in items])
+    graphs = BondGraphs.from_list([(len(z), bonds, [0] * len(z)) for _, z, bonds in items])
+    return mols, graphs
