@@ -261,3 +261,29 @@ def test_network_parameter_count_of_the_paper_configuration():
     net = JodoGraphTransformer(JodoConfig())
     count = sum(p.numel() for p in net.parameters())
     assert 3e6 < count < 1e7
+
+
+def test_ancestral_sampler_keeps_the_forward_marginals_with_an_oracle():
+    """With a network that always returns the clean data, every z_t the sampler visits is alpha_t x + sigma_t eps."""
+    model = JodoDiffusion(TINY).eval()
+    copies = 48
+    pos, z, mask, bonds, fc = _batch([TOY_MOLECULES[3]] * copies)  # benzene
+    x, h, e = model.encode(pos, z, mask, bonds, fc)
+    seen = []
+
+    def oracle(zx, zh, ze, t, m, cond=None):
+        seen.append((float(t[0]), zx.clone(), zh.clone(), ze.clone()))
+        return x, h, e
+
+    model.net.forward = oracle
+    out = model.sample(mask.sum(-1), steps=12, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.atomic_numbers, z) and torch.equal(out.bonds, bonds)
+    assert torch.allclose(out.positions, x, atol=1e-5)
+    pair = (mask[:, :, None] & mask[:, None, :] & ~torch.eye(12, dtype=torch.bool))[..., None].expand_as(e)
+    for t, zx, zh, ze in seen[1:]:
+        a, s = model.schedule.marginal(torch.tensor(t))
+        for noisy, clean, where in ((zh, h, mask[..., None].expand_as(h)), (ze, e, pair)):
+            eps = ((noisy - a * clean) / s)[where]
+            assert abs(float(eps.mean())) < 0.1 and abs(float(eps.std()) - 1.0) < 0.1, t
+        eps_x = (zx - a * x) / s  # zero-CoM noise: variance (n - 1) / n per coordinate
+        assert abs(float(eps_x.pow(2).mean()) - 11 / 12) < 0.1, t
