@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -97,3 +98,22 @@ def test_training_reduces_the_loss_on_one_batch():
     assert after["loss"] < 0.8 * before["loss"]
     assert after["types"] < 0.2 * before["types"] and after["bonds"] < 0.6 * before["bonds"]
     assert after["positions"] < 0.95 * before["positions"]
+
+
+def test_module_cli_on_the_toy_set(tmp_path, capsys):
+    from energyloss.experiments.molecules.jodo_train import main
+
+    argv = ["--out", str(tmp_path / "run"), "--data", "toy", "--loss", "energy:inverse", "--device", "cpu"]
+    argv += ["--steps", "3", "--batch-size", "4", "--log-every", "1", "--checkpoint-every", "0"]
+    argv += ["--hidden", "32", "--edge-hidden", "16", "--layers", "1", "--heads", "4", "--local-heads", "1"]
+    argv += ["--rbf", "8", "--dropout", "0", "--eval-samples", "5", "--sampling-steps", "3"]
+    assert main(argv) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["loss"] == "energy:inverse" and metrics["2d"]["n_molecules"] == 5
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["position_loss"] == "energy:inverse" and config["model"]["layers"] == 1
+    assert (run / "checkpoint.pt").exists() and len(load_molecules(run / "samples.npz")) == 5
+    model, _ = load_jodo(run)
+    assert model.position_spec.coefficients == "inverse"
+    assert '"step": 3' in capsys.readouterr().out
