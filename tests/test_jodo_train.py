@@ -45,8 +45,9 @@ def test_data_from_molecules():
 
 def test_train_resume_and_evaluate(tmp_path):
     data = _data()
+    tiny = dataclasses.replace(TINY, dropout=0.1)  # resuming replays the dropout masks too
     cfg = JodoTrainConfig(steps=6, batch_size=4, lr=1e-3, checkpoint_every=3, log_every=2, ema_decay=0.9)
-    run = train_jodo(data, model_cfg=TINY, cfg=cfg, out=tmp_path)
+    run = train_jodo(data, model_cfg=tiny, cfg=cfg, out=tmp_path)
     assert run["step"] == 6 and (tmp_path / "checkpoint.pt").exists()
     assert [r["step"] for r in run["history"]] == [2, 4, 6]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in run["history"])
@@ -58,13 +59,13 @@ def test_train_resume_and_evaluate(tmp_path):
     assert max(diff) > 0
     # resuming continues from step 6 and replays the same stream as a straight run
     longer = dataclasses.replace(cfg, steps=8)
-    resumed = train_jodo(data, model_cfg=TINY, cfg=longer, out=tmp_path)
-    straight = train_jodo(data, model_cfg=TINY, cfg=longer, out=tmp_path / "straight")
+    resumed = train_jodo(data, model_cfg=tiny, cfg=longer, out=tmp_path)
+    straight = train_jodo(data, model_cfg=tiny, cfg=longer, out=tmp_path / "straight")
     assert resumed["step"] == 8
     for a, b in zip(resumed["model"].parameters(), straight["model"].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
     with pytest.raises(ValueError, match="other settings"):
-        train_jodo(data, model_cfg=TINY, cfg=dataclasses.replace(longer, lr=5e-4), out=tmp_path)
+        train_jodo(data, model_cfg=tiny, cfg=dataclasses.replace(longer, lr=5e-4), out=tmp_path)
     # the EMA model back from the checkpoint, sampled and scored with the Table 3 metrics
     model, hist = load_jodo(tmp_path)
     assert hist == data.histogram()

@@ -11,8 +11,9 @@ Data is a :class:`JodoData`: padded molecules with bond orders and formal charge
 batch is cut to its widest molecule.
 
 Randomness is a function of ``(seed, step)``: the data order of epoch ``k`` comes from ``derived_generator(seed,
-"jodo-order", k)`` and the noise of step ``s`` from ``derived_generator(seed, "jodo-noise", s)``. So a run resumed
-from its checkpoint replays the same stream.
+"jodo-order", k)``, the noise of step ``s`` from ``derived_generator(seed, "jodo-noise", s)`` and its dropout from
+the global RNG seeded with ``derive_seed(seed, "jodo-dropout", s)``. So a run resumed from its checkpoint replays the
+same stream.
 
 The checkpoint (``<out>/checkpoint.pt``, written atomically) holds the model, the EMA, the optimiser, the step, the
 configuration and the atom-count histogram. :func:`load_jodo` rebuilds the EMA model from it.
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..runs import atomic_save, derived_generator
+from ..runs import atomic_save, derive_seed, derived_generator
 from .jodo import JodoConfig, JodoDiffusion, JodoSample
 
 __all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "main", "train_jodo"]
@@ -43,8 +44,8 @@ class JodoData:
     """Padded training molecules with bonds.
 
     Attributes:
-        positions: ``(n, N, 3)`` Angstrom. atomic_numbers: ``(n, N)``, 0 on padding. mask: ``(n, N)`` bool.
-        bonds: ``(n, N, N)`` bond orders (0 none, 1-3, 4 aromatic). formal_charges: ``(n, N)``.
+        positions: ``(n, N, 3)`` Angstrom. atomic_numbers: ``(n, N)`` uint8, 0 on padding. mask: ``(n, N)`` bool.
+        bonds: ``(n, N, N)`` uint8 bond orders (0 none, 1-3, 4 aromatic). formal_charges: ``(n, N)`` int8.
     """
 
     positions: torch.Tensor
@@ -59,7 +60,8 @@ class JodoData:
         graphs.check_matches(molecules)
         pos, z, mask = molecules.to_padded()
         bonds, fc = graphs.to_dense(pad_to=pos.shape[1])
-        return cls(pos.float(), z, mask, bonds, fc)
+        # compact storage (QM9: 100k x 29 x 29 bond entries); batch() returns int64
+        return cls(pos.float(), z.to(torch.uint8), mask, bonds.to(torch.uint8), fc.to(torch.int8))
 
     def __len__(self) -> int:
         return int(self.mask.shape[0])
@@ -74,10 +76,10 @@ class JodoData:
         width = int(self.mask[idx].sum(-1).max())
         return {
             "positions": self.positions[idx, :width].to(device),
-            "atomic_numbers": self.atomic_numbers[idx, :width].to(device),
+            "atomic_numbers": self.atomic_numbers[idx, :width].long().to(device),
             "mask": self.mask[idx, :width].to(device),
-            "bonds": self.bonds[idx, :width, :width].to(device),
-            "formal_charges": self.formal_charges[idx, :width].to(device),
+            "bonds": self.bonds[idx, :width, :width].long().to(device),
+            "formal_charges": self.formal_charges[idx, :width].long().to(device),
         }
 
 
@@ -185,6 +187,7 @@ def train_jodo(
         for group in opt.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
+        torch.manual_seed(derive_seed(cfg.seed, "jodo-dropout", step))  # dropout: replayed on resume as well
         out_loss = model.loss(**batch, generator=derived_generator(cfg.seed, "jodo-noise", step))
         opt.zero_grad(set_to_none=True)
         out_loss["loss"].backward()
@@ -267,8 +270,9 @@ def evaluate_jodo(
     for start in range(0, num_samples, batch_size):
         parts.append(model.sample(counts[start : start + batch_size], steps=steps, generator=gen, device=device))
     sampling_seconds = time.perf_counter() - t0
-    mols = Molecules.concat([p.molecules()[0] for p in parts])
-    graphs = BondGraphs.concat([p.molecules()[1] for p in parts])
+    decoded = [p.molecules() for p in parts]
+    mols = Molecules.concat([m for m, _ in decoded])
+    graphs = BondGraphs.concat([g for _, g in decoded])
     if save_to is not None:
         positions, z, mask = mols.to_padded()
         bonds, fc = graphs.to_dense(pad_to=positions.shape[1])
