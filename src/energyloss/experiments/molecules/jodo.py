@@ -78,7 +78,8 @@ JODO_K0: dict[str, float] = {"exp": 24.0, "inverse": 3.7, "inverse_square": 9.0,
 DIFFERENCES_FROM_JODO: tuple[str, ...] = (
     "bonds are a one-hot over (none, single, double, triple[, aromatic]); JODO compresses them to 2 channels "
     "(exists, order / 3)",
-    "formal charges are a one-hot over the charge values; JODO feeds the charge as one scalar channel",
+    "formal charges are a one-hot over the charge values; JODO feeds the charge as one scalar channel (so the "
+    "type loss here averages over 5 + 3 channels, JODO's over 5 + 1)",
     "one-hots are scaled by type_scale / charge_scale (default 0.25, EDM's 1/4); JODO maps them with its "
     "normalize_factors '1, 4, 4, 1' and centring",
     "training time t ~ U[1e-5, T] with T = 0.9946 (JODO draws up to 1, where the float32 cosine schedule is singular)",
