@@ -101,20 +101,29 @@ def test_training_reduces_the_loss_on_one_batch():
     assert after["positions"] < 0.95 * before["positions"]
 
 
-def test_module_cli_on_the_toy_set(tmp_path, capsys):
-    from energyloss.experiments.molecules.jodo_train import main
+def test_energyloss_run_jodo_smoke(tmp_path, capsys):
+    from energyloss.cli import main
 
-    argv = ["--out", str(tmp_path / "run"), "--data", "toy", "--loss", "energy:inverse", "--device", "cpu"]
-    argv += ["--steps", "3", "--batch-size", "4", "--log-every", "1", "--checkpoint-every", "0"]
-    argv += ["--hidden", "32", "--edge-hidden", "16", "--layers", "1", "--heads", "4", "--local-heads", "1"]
-    argv += ["--rbf", "8", "--dropout", "0", "--eval-samples", "5", "--sampling-steps", "3"]
-    assert main(argv) == 0
     run = tmp_path / "run"
+    assert main(["run", "jodo", "--preset", "smoke", "--out", str(run), "--loss", "energy:inverse"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["step"] == 3 and metrics["loss"] == "energy:inverse" and metrics["2d"]["n_molecules"] == 5
+    assert metrics["step"] == 4 and metrics["loss"] == "energy:inverse" and metrics["2d"]["n_molecules"] == 4
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["position_loss"] == "energy:inverse" and config["model"]["layers"] == 1
-    assert (run / "checkpoint.pt").exists() and len(load_molecules(run / "samples.npz")) == 5
+    assert config["preset"] == "smoke" and config["config"]["loss"] == "energy:inverse"
+    assert (run / "checkpoint.pt").exists() and len(load_molecules(run / "samples.npz")) == 4
     model, _ = load_jodo(run)
-    assert model.position_spec.coefficients == "inverse"
-    assert '"step": 3' in capsys.readouterr().out
+    assert model.position_spec.coefficients == "inverse" and len(model.net.blocks) == 1
+    assert '"step": 4' in capsys.readouterr().out
+    # a second call resumes at the last step (nothing left to train) and scores again
+    assert main(["run", "jodo", "--preset", "smoke", "--out", str(run), "--loss", "energy:inverse"]) == 0
+
+
+def test_jodo_run_options_are_validated(capsys):
+    from energyloss.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["run", "jodo", "--preset", "smoke", "--fcd"])
+    assert err.value.code == 2 and "reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        main(["run", "jodo", "--preset", "smoke", "--heads", "5"])
+    assert err.value.code == 2

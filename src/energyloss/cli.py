@@ -34,6 +34,7 @@ EXPERIMENTS: dict[str, str] = {
     "spins": "energyloss.experiments.spins",
     "rigidity": "energyloss.experiments.rigidity_study",
     "qm9": "energyloss.experiments.molecules.train",
+    "jodo": "energyloss.experiments.molecules.jodo_run",
     "timing": "energyloss.experiments.timing",
 }
 

@@ -16,16 +16,16 @@ the global RNG seeded with ``derive_seed(seed, "jodo-dropout", s)``. So a run re
 same stream.
 
 The checkpoint (``<out>/checkpoint.pt``, written atomically) holds the model, the EMA, the optimiser, the step, the
-configuration and the atom-count histogram. :func:`load_jodo` rebuilds the EMA model from it.
+configuration and the atom-count histogram. :func:`load_jodo` rebuilds the EMA model from it. The command line is
+``energyloss run jodo`` (:mod:`.jodo_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from ..runs import atomic_save, derive_seed, derived_generator
 from .jodo import JodoConfig, JodoDiffusion, JodoSample
 
-__all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "main", "train_jodo"]
+__all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "train_jodo"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -282,102 +282,3 @@ def evaluate_jodo(
     result["num_samples"] = num_samples
     result["sampling_steps"] = steps
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Train, sample and score one JODO-style model; writes ``config.json``, ``checkpoint.pt``, ``samples.npz``,
-    ``metrics.json`` under ``--out`` (an existing run resumes).
-
-    ``python -m energyloss.experiments.molecules.jodo_train --out DIR [--data qm9|toy] [--loss SPEC] [--steps N]
-    [--batch-size B] [--lr LR] [--warmup W] [--device cuda] [--eval-samples N] [--sampling-steps S]
-    [--reference none|qm9-test] [--fcd] [--mmd]`` (``--help`` lists the model sizes; defaults: JODO's QM9 ones).
-    """
-    import argparse
-
-    from ..runs import write_json
-
-    d_model, d_train = JodoConfig(), JodoTrainConfig()
-    p = argparse.ArgumentParser(prog="python -m energyloss.experiments.molecules.jodo_train", description=main.__doc__)
-    p.add_argument("--out", required=True)
-    p.add_argument("--data", choices=("qm9", "toy"), default="qm9")
-    p.add_argument("--loss", default=d_train.position_loss, help="position loss spec, e.g. energy:exp")
-    p.add_argument("--k0", type=float, default=None)
-    for name in ("steps", "batch_size", "warmup", "seed", "checkpoint_every", "log_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d_train, name))
-    for name in ("lr", "ema_decay", "grad_clip"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d_train, name))
-    for name in ("hidden", "edge_hidden", "layers", "heads", "local_heads", "rbf"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d_model, name))
-    for name in ("dropout", "cutoff"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d_model, name))
-    p.add_argument("--eval-samples", type=int, default=1000)
-    p.add_argument("--eval-batch-size", type=int, default=500)
-    p.add_argument("--sampling-steps", type=int, default=1000)
-    p.add_argument("--reference", choices=("none", "qm9-test"), default="none")
-    p.add_argument("--fcd", action="store_true")
-    p.add_argument("--mmd", action="store_true")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model_cfg = JodoConfig(
-        **{k: getattr(args, k) for k in ("hidden", "edge_hidden", "layers", "heads", "local_heads", "rbf")},
-        dropout=args.dropout,
-        cutoff=args.cutoff,
-    )
-    cfg = JodoTrainConfig(
-        **{k: getattr(args, k) for k in ("steps", "batch_size", "warmup", "seed", "checkpoint_every", "log_every")},
-        lr=args.lr,
-        ema_decay=args.ema_decay,
-        grad_clip=args.grad_clip,
-        position_loss=args.loss,
-        k0=args.k0,
-    )
-    if args.data == "toy":
-        from .jodo import toy_bonded_set
-
-        data = JodoData.from_molecules(*toy_bonded_set(8))
-    else:
-        from .bonds import load_qm9_bonds
-
-        qm9 = load_qm9_bonds("train")
-        data = JodoData.from_molecules(qm9.molecules, qm9.graphs)
-    write_json(out / "config.json", {**_config_dict(model_cfg, cfg), "data": args.data, "argv": vars(args)})
-    run = train_jodo(
-        data,
-        model_cfg=model_cfg,
-        cfg=cfg,
-        out=out,
-        device=args.device,
-        callback=lambda step, r: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True),
-    )
-    reference = None
-    if args.reference == "qm9-test":
-        from .table3_metrics import qm9_table3_reference
-
-        reference = qm9_table3_reference(fcd=args.fcd)
-    metrics = evaluate_jodo(
-        run["ema"],
-        run["histogram"],
-        num_samples=args.eval_samples,
-        batch_size=args.eval_batch_size,
-        steps=args.sampling_steps,
-        seed=args.seed,
-        reference=reference,
-        fcd=args.fcd,
-        mmd=args.mmd,
-        save_to=out / "samples.npz",
-    )
-    metrics.update(
-        step=run["step"], parameters=run["parameters"], seconds_per_step=run["seconds_per_step"], loss=args.loss
-    )
-    write_json(out / "metrics.json", metrics)
-    print(json.dumps({k: metrics[k] for k in ("3d", "2d")}, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
