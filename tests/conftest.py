@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 import pytest
 import torch
 
@@ -44,3 +47,32 @@ def dense_pair_reference(pred, target, mask, coeff):
     e = 0.5 * torch.where(valid, coeff(d_t) * (d_t - d_p) ** 2, 0.0).sum((-1, -2))
     (grad,) = torch.autograd.grad(e.sum(), p)
     return e.detach(), grad
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for gloo process groups in tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ddp_train_worker(rank, world, port, out_dir, cfg, spec="energy:exp"):
+    """One rank of a gloo data-parallel ``train_model`` run (``torch.multiprocessing.spawn`` target)."""
+    from energyloss.experiments.molecules import train as T
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        T.train_model(cfg, spec, out_dir, show_progress=False)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread while a test runs (tiny tensors: much faster than several on a loaded machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,9 +7,7 @@ import dataclasses
 import io
 import json
 import math
-import os
 import pickle
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,8 @@ from energyloss.experiments.molecules.metrics import (
     graph_atom_stability,
     molecule_stability,
 )
+
+from conftest import ddp_train_worker, free_port
 
 # ---------------------------------------------------------------------------------------------------------------
 # A generated file in EDM's geom_drugs_30.npy format
@@ -439,24 +439,6 @@ def test_paper_geom_preset():
     assert code == 2 and "--preset paper-geom" in err and len(err.strip().splitlines()) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out_dir, cfg):
-    from energyloss.experiments.molecules import train as T
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        T.train_model(cfg, "energy:exp", out_dir, show_progress=False)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_two_process_ddp_on_a_geom_file_matches_one_process(tmp_path, cache):
     from energyloss.experiments.molecules import train as T
 
@@ -481,7 +463,7 @@ def test_two_process_ddp_on_a_geom_file_matches_one_process(tmp_path, cache):
     ).validate()
     geom.geom_index(path)  # build the index once (the ranks would each scan the file otherwise)
     T.train_model(cfg, "energy:exp", tmp_path / "single", show_progress=False)
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), cfg), nprocs=2)
+    torch.multiprocessing.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path / "ddp"), cfg), nprocs=2)
     a = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 2

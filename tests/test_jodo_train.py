@@ -22,13 +22,7 @@ from energyloss.experiments.molecules.jodo_train import (
 TINY = JodoConfig(hidden=32, edge_hidden=16, layers=2, heads=4, local_heads=1, rbf=8, dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(repeat: int = 4) -> JodoData:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
 
 import pytest
 import torch
@@ -19,6 +17,8 @@ from energyloss.experiments.molecules.diffusion_model import AUTHORS_K0, Molecul
 from energyloss.experiments.molecules.models import GNNDynamics
 from energyloss.experiments.molecules.registry import paper_hyperparameters, resolve_hyperparameters
 from energyloss.geometry import center
+
+from conftest import ddp_train_worker, free_port
 
 ELEMENTS = (1, 6, 7, 8, 9)
 
@@ -303,26 +303,10 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, out_dir, cfg):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        T.train_model(cfg, "energy:exp", out_dir, show_progress=False)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
     cfg = dataclasses.replace(TINY, epochs=3 / 32, n_eval_samples=6)  # 3 steps of a global batch of 8
     T.train_model(cfg, "energy:exp", tmp_path / "single", show_progress=False)
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), cfg), nprocs=2)
+    torch.multiprocessing.spawn(ddp_train_worker, args=(2, free_port(), str(tmp_path / "ddp"), cfg), nprocs=2)
     a, b = _params(tmp_path / "single" / "checkpoint.pt"), _params(tmp_path / "ddp" / "checkpoint.pt")
     assert a["step"] == b["step"] == 3
     lr = json.loads((tmp_path / "single" / "config.json").read_text())["lr"]
