@@ -104,12 +104,15 @@ def _run_config_experiment(name: str, module, rest: list[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     if args.print_config:
-        from energyloss.experiments.runs import _jsonable
+        from energyloss.experiments.runs import to_jsonable
 
-        print(json.dumps({"experiment": name, "preset": label, "config": _jsonable(cfg)}, indent=2))
+        print(json.dumps({"experiment": name, "preset": label, "config": to_jsonable(cfg)}, indent=2))
         return 0
-    set_progress(not args.no_progress)
-    return int(module.run_config(cfg, out=args.out, preset=label) or 0)
+    previous = set_progress(not args.no_progress)
+    try:
+        return int(module.run_config(cfg, out=args.out, preset=label) or 0)
+    finally:  # the setting is this command's, not the process's (main() may be called again, e.g. in tests)
+        set_progress(previous)
 
 
 def _list() -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "LossSpec",
     "coefficient_schemes",
     "draw_pool_edges",
+    "make_coefficients",
     "make_position_loss",
     "parse_loss_spec",
     "parse_loss_specs",
@@ -251,6 +252,20 @@ def parse_spin_loss(name: str) -> str:
 PositionLoss = Callable[..., Tensor]
 
 
+def make_coefficients(scheme: str, *, k0: float | None = None):
+    """The coefficient object of a scheme name with scale ``k0`` (``None``: the scheme's own default).
+
+    Example:
+        >>> make_coefficients("inverse", k0=3.7)
+        InverseCoefficients(k0=3.7, min_distance=1e-06)
+    """
+    from energyloss.coefficients import COEFFICIENT_SCHEMES
+
+    if scheme not in COEFFICIENT_SCHEMES:
+        raise ValueError(f"coefficients must be one of {sorted(COEFFICIENT_SCHEMES)}, got {scheme!r}")
+    return COEFFICIENT_SCHEMES[scheme]() if k0 is None else COEFFICIENT_SCHEMES[scheme](k0=float(k0))
+
+
 def make_position_loss(
     spec: str | LossSpec,
     *,
@@ -294,9 +309,7 @@ def make_position_loss(
     if spec.name == "kabsch_mse":
         return lambda p, t, mask=None: el.kabsch_mse_loss(p, t, mask=mask, reduction="none")
     if coefficients is None:
-        scale = spec.k0 if spec.k0 is not None else k0
-        scheme = el.COEFFICIENT_SCHEMES[spec.coefficients]
-        coefficients = scheme() if scale is None else scheme(k0=float(scale))
+        coefficients = make_coefficients(spec.coefficients, k0=spec.k0 if spec.k0 is not None else k0)
     if spec.name == "energy":
         return lambda p, t, mask=None: el.pair_energy_loss(
             p, t, mask=mask, coefficients=coefficients, normalize=normalize, reduction="none"

@@ -42,6 +42,7 @@ __all__ = [
     "open_run_folder",
     "read_json",
     "set_progress",
+    "to_jsonable",
     "machine_info",
     "make_run_dir",
     "markdown_table",
@@ -110,15 +111,16 @@ def remove_stale_temporaries(folder: str | os.PathLike, glob: str, pid_pattern: 
     return removed
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
+    """``obj`` as JSON-ready Python (dataclasses, mappings, sequences, tensors, numpy values, paths, inf/NaN)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
+        return to_jsonable(dataclasses.asdict(obj))
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.detach().cpu().tolist())
+        return to_jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -130,19 +132,12 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_save(path: str | os.PathLike, save: Any) -> Path:
-    """Call ``save(tmp_path)`` and rename the result onto ``path`` (e.g. ``lambda p: torch.save(state, p)``)."""
+    """Call ``save(tmp_path)`` and rename the result onto ``path`` (e.g. ``lambda p: torch.save(state, p)``).
+
+    The temporary file is ``<name>.tmp-<pid>`` next to ``path`` (what :func:`remove_stale_temporaries` cleans up);
+    it is removed if ``save`` fails, and the old ``path``, if any, is kept.
+    """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -154,10 +149,15 @@ def atomic_save(path: str | os.PathLike, save: Any) -> Path:
     return path
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_save`, so a reader never sees half a file."""
+    atomic_save(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` (dicts, lists, dataclasses, tensors, numpy scalars) as indented JSON, atomically."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    _atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -190,7 +190,7 @@ def write_csv(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> 
     writer = csv.DictWriter(buffer, fieldnames=keys)
     writer.writeheader()
     for rec in records:
-        writer.writerow({k: _jsonable(rec.get(k)) for k in keys})
+        writer.writerow({k: to_jsonable(rec.get(k)) for k in keys})
     _atomic_write_text(path, buffer.getvalue())
     return path
 
@@ -249,12 +249,15 @@ def write_summary(run_dir: str | os.PathLike, text: str, *, echo: bool = True) -
 
 #: ``set_progress(False)`` (``--no-progress``) turns live bars into plain lines for the whole process.
 _PROGRESS = {"bars": True}
-_START = time.monotonic()
 
 
-def set_progress(bars: bool) -> None:
-    """Allow (``True``) or forbid live progress bars; plain progress lines are printed either way."""
-    _PROGRESS["bars"] = bool(bars)
+def set_progress(bars: bool) -> bool:
+    """Allow (``True``) or forbid live progress bars; plain progress lines are printed either way.
+
+    Returns the previous setting, so that a caller can restore it.
+    """
+    previous, _PROGRESS["bars"] = _PROGRESS["bars"], bool(bars)
+    return previous
 
 
 def live_bars() -> bool:
@@ -349,7 +352,7 @@ def fingerprint(obj: Any) -> str:
     """
     import hashlib
 
-    text = json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -359,7 +362,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], *, keys: Iter
     >>> config_changes({"size": 6, "lr": 0.1}, {"size": 4, "lr": 0.1})
     ['size: 6 -> 4']
     """
-    old, new = _jsonable(old), _jsonable(new)
+    old, new = to_jsonable(old), to_jsonable(new)
     names = list(keys) if keys is not None else sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in names if old.get(k) != new.get(k)]
 
@@ -419,7 +422,7 @@ def open_run_folder(
     The folder is remembered for the interrupt message of the command line (:func:`current_run_folder`).
     """
     run_dir = make_run_dir(out, experiment)
-    cfg = _jsonable(config)
+    cfg = to_jsonable(config)
     old = read_json(run_dir / "config.json", what="config file")
     if isinstance(old, dict) and isinstance(old.get("config"), dict):
         changed = config_changes(old["config"], cfg, keys=[k for k in fixed if k in old["config"] or k in cfg])

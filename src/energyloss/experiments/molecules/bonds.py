@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runs import atomic_save
 from .data import Molecules
 
 __all__ = [
@@ -794,7 +795,7 @@ def _build_split(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     _manifest_path(path).unlink(missing_ok=True)
-    qm9._write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    atomic_save(path, lambda tmp: torch.save(payload, tmp))
     counts = {name: int((status == code).sum()) for code, name in _STATUS_NAMES.items()}
     manifest = {
         "key": dict(key),
@@ -813,7 +814,7 @@ def _build_split(
         "excluded": excluded,
     }
     text = json.dumps(manifest, indent=1) + "\n"
-    qm9._write_atomic(_manifest_path(path), lambda tmp: tmp.write_text(text))
+    atomic_save(_manifest_path(path), lambda tmp: tmp.write_text(text))
     return manifest
 
 

@@ -58,8 +58,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from energyloss.coefficients import COEFFICIENT_SCHEMES
 from energyloss.diffusion import NoiseSchedule, diffusion_sample_loss
+from energyloss.experiments.losses import make_coefficients as scheme_coefficients
 from energyloss.experiments.losses import make_position_loss, parse_loss_spec
 from energyloss.geometry import center, pairwise_distances
 
@@ -77,10 +77,7 @@ def make_coefficients(name: str, *, k0: float | None = None):
         >>> make_coefficients("exp")
         ExponentialCoefficients(k0=42.0, length_scale=1.0)
     """
-    if name not in COEFFICIENT_SCHEMES:
-        raise ValueError(f"coefficients must be one of {sorted(COEFFICIENT_SCHEMES)}, got {name!r}")
-    scale = AUTHORS_K0.get(name) if k0 is None else float(k0)
-    return COEFFICIENT_SCHEMES[name]() if scale is None else COEFFICIENT_SCHEMES[name](k0=scale)
+    return scheme_coefficients(name, k0=AUTHORS_K0.get(name) if k0 is None else k0)
 
 
 class _FeatureDistanceCoefficients:

@@ -402,17 +402,9 @@ STALE_TEMPORARY_SECONDS = _runs.STALE_TEMPORARY_SECONDS
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the ``*.tmp-<pid>`` files of :func:`_write_atomic` whose writer is gone (or that are over a day old)."""
+    """Delete the ``*.tmp-<pid>`` files of :func:`~energyloss.experiments.runs.atomic_save` whose writer is gone
+    (or that are over a day old)."""
     return _runs.remove_stale_temporaries(folder, "*.tmp-*", r"\.tmp-(\d+)$")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _build(source: str, source_dir: str | os.PathLike | None, progress: bool) -> tuple[Molecules, dict[str, Any]]:
@@ -477,7 +469,7 @@ def prepare_qm9(
         }
     path.parent.mkdir(parents=True, exist_ok=True)
     _manifest_path(path).unlink(missing_ok=True)  # a data file without manifest reads as "partial"
-    _write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    _runs.atomic_save(path, lambda tmp: torch.save(payload, tmp))
     manifest = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
@@ -491,7 +483,7 @@ def prepare_qm9(
         "n_atoms": {name: int(payload[name]["num_atoms"].sum()) for name in SPLITS},
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
-    _write_atomic(_manifest_path(path), lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    _runs.atomic_save(_manifest_path(path), lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return path
 
 
@@ -699,5 +691,5 @@ def qm9_reference_smiles(
         pos, z, mask = part.to_padded()
         smiles.update(s for s in molecule_smiles(pos, z, mask=mask, n_jobs=n_jobs) if s is not None)
     body = json.dumps({"key": key, "smiles": sorted(smiles)})
-    _write_atomic(ref_path, lambda tmp: tmp.write_text(body))
+    _runs.atomic_save(ref_path, lambda tmp: tmp.write_text(body))
     return smiles

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..runs import atomic_save
 from . import geometry_mmd as _geo
 from .bonds import AROMATIC_CODE, BondGraphs, perceive_bond_graphs, rdkit_molecule
 from .data import Molecules
@@ -435,7 +436,6 @@ class Table3Reference:
 
 
 def _cached_json(path: Path, key: Mapping[str, Any], compute) -> Any:
-    from . import qm9
 
     if path.is_file():
         try:
@@ -446,7 +446,7 @@ def _cached_json(path: Path, key: Mapping[str, Any], compute) -> Any:
             pass
     value = compute()
     text = json.dumps({"key": dict(key), "value": value})
-    qm9._write_atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_save(path, lambda tmp: tmp.write_text(text))
     return value
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ..losses import parse_loss_spec
-from ..runs import log, markdown_table, open_run_folder, write_csv, write_json, write_summary
+from ..runs import log, markdown_table, open_run_folder, read_json, write_csv, write_json, write_summary
 from .config import (
     OPTION_CHOICES,
     OPTION_FLAGS,
@@ -184,7 +184,8 @@ def run_sweep(
             futures = [pool.submit(_train_job, cfg, spec, str(run_dir / tags[spec])) for spec in cfg.losses]
             for fut in futures:
                 records += fut.result()
-        n_train = len(load_training_set(cfg)) if rank == 0 else 0
+        # the jobs loaded the data; each wrote its size into its config.json (rank 0: no torchrun here)
+        n_train = read_json(run_dir / tags[cfg.losses[0]] / "config.json", what="config file")["n_train"]
     else:
         train_set = load_training_set(cfg)
         n_train = len(train_set)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..losses import LossSpec, parse_loss_spec
-from ..runs import atomic_save, derived_generator, log, machine_info, progress, write_csv, write_json
+from ..runs import atomic_save, config_changes, derived_generator, log, machine_info, progress, write_csv, write_json
 from .config import QM9_ELEMENTS, RESUME_KEYS, QM9Config
 from .diffusion_model import MoleculeDiffusion
 from .distributed import all_reduce_sum, dist, rank_world, resolve_device
@@ -166,13 +166,11 @@ class TrainState:
 
 
 def _check_resumable(path: Path, stored: dict[str, Any], now: dict[str, Any]) -> None:
-    defaults = dataclasses.asdict(QM9Config())  # a checkpoint from before a setting existed used its default
-    now = json.loads(json.dumps(now))
-    clash = {k: (stored.get(k, defaults.get(k)), now[k]) for k in RESUME_KEYS if k in now}
-    clash = {k: v for k, v in clash.items() if v[0] != v[1]}
+    # a checkpoint from before a setting existed used its default
+    stored = dataclasses.asdict(QM9Config()) | stored
+    clash = config_changes(stored, now, keys=[k for k in RESUME_KEYS if k in now])
     if clash:
-        text = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in clash.items())
-        raise ValueError(f"{path} belongs to a run with other settings ({text}); use another --out")
+        raise ValueError(f"{path} belongs to a run with other settings ({'; '.join(clash)}); use another --out")
 
 
 @torch.no_grad()
