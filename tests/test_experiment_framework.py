@@ -197,6 +197,28 @@ def test_run_folders_refuse_a_changed_fixed_setting_and_report_the_others(tmp_pa
     assert runs.current_run_folder() == out
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="flock(2) locks only")
+def test_a_run_folder_is_locked_while_another_process_runs_in_it(tmp_path):
+    import subprocess
+
+    out = tmp_path / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from energyloss.experiments import runs; "
+         f"runs.lock_run_folder(runs.make_run_dir({str(out)!r}, 'x')); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.RunFolderBusy, match=rf"in use by pid {holder.pid} "):
+            runs.open_run_folder(out, "x", _Cfg())
+        assert not (out / "config.json").exists()  # refused before writing anything
+    finally:
+        holder.communicate("")  # the holder ends; the kernel drops its lock
+    runs.open_run_folder(out, "x", _Cfg())
+    runs.open_run_folder(out, "x", _Cfg())  # this process holds it now: reopening is fine
+    runs.unlock_run_folder(out)
+
+
 def test_job_store_redoes_other_settings_and_reports_corrupt_files(tmp_path, capsys):
     store = runs.JobStore(tmp_path / "jobs")
     store.save("a", "fp", {"x": 1})

@@ -58,7 +58,7 @@ def test_train_resume_and_evaluate(tmp_path):
     assert resumed["step"] == 8
     for a, b in zip(resumed["model"].parameters(), straight["model"].parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.001 -> 0.0005\)"):
         train_jodo(data, model_cfg=tiny, cfg=dataclasses.replace(longer, lr=5e-4), out=tmp_path)
     # the EMA model back from the checkpoint, sampled and scored with the Table 3 metrics
     model, hist = load_jodo(tmp_path)
@@ -110,6 +110,10 @@ def test_energyloss_run_jodo_smoke(tmp_path, capsys):
     assert '"step": 4' in capsys.readouterr().out
     # a second call resumes at the last step (nothing left to train) and scores again
     assert main(["run", "jodo", "--preset", "smoke", "--out", str(run), "--loss", "energy:inverse"]) == 0
+    assert config["fingerprint"] and "machine" in config
+    # the folder refuses a run with another model, naming the setting, before it trains anything
+    assert main(["run", "jodo", "--preset", "smoke", "--out", str(run), "--loss", "energy:exp"]) == 1
+    assert "loss: 'energy:inverse' -> 'energy:exp'" in capsys.readouterr().err
 
 
 def test_jodo_run_options_are_validated(capsys):

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 __all__ = [
     "JobStore",
+    "RunFolderBusy",
     "SettingsChanged",
     "apply_overrides",
     "atomic_save",
@@ -38,11 +39,13 @@ __all__ = [
     "fingerprint",
     "format_seconds",
     "live_bars",
+    "lock_run_folder",
     "log",
     "open_run_folder",
     "read_json",
     "set_progress",
     "to_jsonable",
+    "unlock_run_folder",
     "machine_info",
     "make_run_dir",
     "markdown_table",
@@ -371,6 +374,56 @@ class SettingsChanged(ValueError):
     """A run folder holds a run with other settings than the ones asked for."""
 
 
+class RunFolderBusy(RuntimeError):
+    """Another process is running in this run folder (two writers would mix their files)."""
+
+
+#: The lock file of a run folder; it holds the process id and start time of the process that has it.
+LOCK_FILE = ".lock"
+_LOCKS: dict[str, Any] = {}  # resolved run folder -> the open lock file this process holds
+
+
+def lock_run_folder(run_dir: str | os.PathLike) -> Path:
+    """Take the run folder's advisory lock for the rest of this process; :class:`RunFolderBusy` if another has it.
+
+    The lock is ``flock(2)`` on ``run_dir/.lock``: the kernel releases it when the process ends, however it ends, so
+    it never goes stale. Taking it again in the same process is a no-op. On systems without ``fcntl`` (Windows)
+    nothing is locked.
+    """
+    run_dir = Path(run_dir)
+    key = str(run_dir.resolve())
+    if key in _LOCKS:
+        return run_dir
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return run_dir
+    path = run_dir / LOCK_FILE
+    handle = open(path, "a+")  # kept open: the lock lives as long as the file stays open
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderBusy(
+            f"run folder {run_dir} is in use by {holder}; wait for it to finish or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {platform.node()} since {_dt.datetime.now().isoformat(timespec='seconds')}\n")
+    handle.flush()
+    _LOCKS[key] = handle
+    return run_dir
+
+
+def unlock_run_folder(run_dir: str | os.PathLike) -> None:
+    """Release the lock :func:`lock_run_folder` took (the end of the process releases it too)."""
+    handle = _LOCKS.pop(str(Path(run_dir).resolve()), None)
+    if handle is not None:
+        handle.close()
+
+
 class JobStore:
     """Finished jobs of a run, one JSON file each under ``folder``, keyed by name and settings fingerprint.
 
@@ -420,8 +473,10 @@ def open_run_folder(
     :class:`SettingsChanged` naming the settings (such a run cannot be continued); other changes are reported
     in one line and the experiment redoes whatever depends on them (its jobs carry their own fingerprints).
     The folder is remembered for the interrupt message of the command line (:func:`current_run_folder`).
+    The process takes the folder's lock (:func:`lock_run_folder`): a second process opening the same folder while
+    the first runs gets :class:`RunFolderBusy`, naming the holder, before it has written anything.
     """
-    run_dir = make_run_dir(out, experiment)
+    run_dir = lock_run_folder(make_run_dir(out, experiment))
     cfg = to_jsonable(config)
     old = read_json(run_dir / "config.json", what="config file")
     if isinstance(old, dict) and isinstance(old.get("config"), dict):

@@ -21,9 +21,16 @@ import json
 import torch
 
 from ..losses import parse_loss_spec
-from ..runs import make_run_dir, write_json
+from ..runs import log, open_run_folder, write_json
 
 __all__ = ["CONFIG", "DESCRIPTION", "OPTION_HELP", "PRESETS", "JodoRunConfig", "run_config"]
+
+#: Settings a run folder cannot change once it holds a run (the trained model depends on them); more ``steps``
+#: continue the run, and the evaluation settings may change freely (the samples are redrawn every time).
+_FIXED = (
+    "data", "loss", "k0", "batch_size", "lr", "warmup", "ema_decay", "grad_clip", "seed",
+    "hidden", "edge_hidden", "layers", "heads", "local_heads", "rbf", "dropout", "cutoff",
+)  # fmt: skip
 
 DESCRIPTION = "JODO-style joint 2-D/3-D diffusion on QM9 with bonds (Table 3): kabsch_mse or the energy loss"
 
@@ -173,7 +180,8 @@ def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    folder = make_run_dir(out, f"jodo-{parse_loss_spec(cfg.loss).tag}")
+    folder = open_run_folder(out, f"jodo-{parse_loss_spec(cfg.loss).tag}", cfg, preset=preset, fixed=_FIXED)
+    log(f"energyloss run jodo: {cfg.loss}, {cfg.steps} steps of batch {cfg.batch_size} on {cfg.data}; folder {folder}")
     if cfg.data == "toy":
         from .jodo import toy_bonded_set
 
@@ -184,7 +192,6 @@ def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
         qm9 = load_qm9_bonds("train")
         data = JodoData.from_molecules(qm9.molecules, qm9.graphs)
     model_cfg, train_cfg = cfg.model_config(), cfg.train_config()
-    write_json(folder / "config.json", {"experiment": "jodo", "preset": preset, "config": dataclasses.asdict(cfg)})
     run = train_jodo(
         data,
         model_cfg=model_cfg,

@@ -31,12 +31,14 @@ from typing import Any
 
 import torch
 
-from ..runs import atomic_save, derive_seed, derived_generator
+from ..runs import atomic_save, config_changes, derive_seed, derived_generator
 from .jodo import JodoConfig, JodoDiffusion, JodoSample
 
 __all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "train_jodo"]
 
 CHECKPOINT = "checkpoint.pt"
+#: Training settings a checkpoint may be resumed with a different value of (more steps, other logging).
+_EXTENDABLE = ("steps", "checkpoint_every", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +151,12 @@ def train_jodo(
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         stored, now = state["config"], _config_dict(model_cfg, cfg)
-        stored_train = {k: v for k, v in stored["train"].items() if k != "steps"}
-        if stored["model"] != now["model"] or stored_train != {k: v for k, v in now["train"].items() if k != "steps"}:
-            raise ValueError(f"{ckpt} belongs to a run with other settings; use another out folder")
+        train_keys = [k for k in sorted(set(stored["train"]) | set(now["train"])) if k not in _EXTENDABLE]
+        clash = config_changes(stored["model"], now["model"]) + config_changes(
+            stored["train"], now["train"], keys=train_keys
+        )
+        if clash:
+            raise ValueError(f"{ckpt} belongs to a run with other settings ({'; '.join(clash)}); use another --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
