@@ -1,0 +1,198 @@
+"""Tables and the convergence plot of the CPU-scale QM9 study (docs/results/qm9.md §1c, issue 15).
+
+Reads the run folders that ``benchmarks/qm9_cpu_study.sh`` writes (``seed-S/``, ``lr-*/``, ``frac-0.5/``,
+``matrix/<loss>/``; each ``<folder>/<loss-tag>/metrics.json``) and prints Markdown:
+
+1. MSE vs energy(exp) over the seeds: mean ± std (population, over the seeds that reached the epoch; ``n`` says
+   how many) of atom stability, molecule stability, validity, uniqueness and the nearest-neighbour-distance W1 at
+   every evaluation, and the per-seed difference energy - MSE at the last one;
+2. the learning-rate check (4 epochs, seed 0: lr 5e-4, 1e-3 from ``seed-0`` at epoch 4, 2e-3);
+3. the one-seed matrix (MAE, Kabsch, sparse energy, the four coefficient schemes) beside seed 0's MSE / energy;
+4. 50 % of the training data, same steps.
+
+Unfinished runs are reported with the epochs they have reached. The plot (``--plot``) shows the mean over seeds
+with a band of ± one std (and every seed thin) for atom stability, validity and the NN W1.
+
+    python benchmarks/qm9_study_report.py runs/qm9-study --plot docs/results/qm9/cpu_study_seeds.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = (
+    ("atom_stability", "atom stab. %", 100.0),
+    ("molecule_stability", "mol. stab. %", 100.0),
+    ("validity", "valid %", 100.0),
+    ("uniqueness", "unique %", 100.0),
+    ("nn_distance_w1", "NN W1 Å", 1.0),
+)
+PAIR = ("energy:exp", "mse")
+
+
+def load_records(folder: Path) -> dict[str, list[dict]]:
+    """``{loss spec: records}`` of the run folders under ``folder`` (one per loss tag)."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        try:
+            records = json.loads(path.read_text())["records"]
+        except (OSError, ValueError, KeyError):
+            print(f"skipping unreadable {path}", file=sys.stderr)
+            continue
+        if records:
+            out[records[0]["loss"]] = records
+    return out
+
+
+def _fmt(mean: float, std: float | None, scale: float) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    digits = 1 if scale == 100.0 else 3
+    text = f"{scale * mean:.{digits}f}"
+    return text if std is None else f"{text} ± {scale * std:.{digits}f}"
+
+
+def _stat(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    return (float(arr.mean()), float(arr.std())) if arr.size else (float("nan"), float("nan"))
+
+
+def seeds_table(study: Path) -> tuple[str, dict]:
+    """Markdown of part 1 and ``{loss: {epoch: {metric: [values over seeds]}}}`` for the plot."""
+    by_seed = {int(p.name.split("-")[1]): load_records(p) for p in sorted(study.glob("seed-*")) if p.is_dir()}
+    curves: dict[str, dict[float, dict[str, list[float]]]] = {
+        loss: defaultdict(lambda: defaultdict(list)) for loss in PAIR
+    }
+    for runs in by_seed.values():
+        for loss in PAIR:
+            for r in runs.get(loss, []):
+                for key, _, _ in METRICS:
+                    curves[loss][round(r["epoch"], 3)][key].append(r[key])
+    lines = [
+        "| epoch | loss | n | " + " | ".join(label for _, label, _ in METRICS) + " |",
+        "|---|---|---|" + "---|" * len(METRICS),
+    ]
+    epochs = sorted({e for loss in PAIR for e in curves[loss]})
+    for epoch in epochs:
+        for loss in PAIR:
+            cell = curves[loss].get(epoch)
+            if not cell:
+                continue
+            n = len(cell["atom_stability"])
+            stats = [_fmt(_stat(cell[key])[0], _stat(cell[key])[1] if n > 1 else None, s) for key, _, s in METRICS]
+            lines.append(f"| {epoch:g} | {loss} | {n} | " + " | ".join(stats) + " |")
+    # the paired difference at the last common evaluation of each seed
+    diff_rows = []
+    for seed, runs in sorted(by_seed.items()):
+        if not all(loss in runs for loss in PAIR):
+            continue
+        a, b = runs[PAIR[0]][-1], runs[PAIR[1]][-1]
+        if a["step"] != b["step"]:
+            continue
+        diff_rows.append((seed, a["epoch"], {key: (a[key] or 0) - (b[key] or 0) for key, _, _ in METRICS}))
+    text = "\n".join(lines)
+    if diff_rows:
+        text += "\n\nEnergy minus MSE at the last evaluation, per seed (same steps, batch, data order and noise):\n\n"
+        text += "| seed | epoch | " + " | ".join(label for _, label, _ in METRICS) + " |\n"
+        text += "|---|---|" + "---|" * len(METRICS) + "\n"
+        for seed, epoch, d in diff_rows:
+            text += f"| {seed} | {epoch:g} | " + " | ".join(_fmt(d[k], None, s) for k, _, s in METRICS) + " |\n"
+        if len(diff_rows) > 1:
+            text += (
+                "| mean ± std | | "
+                + " | ".join(_fmt(*_stat([d[k] for _, _, d in diff_rows]), s) for k, _, s in METRICS)
+                + " |\n"
+            )
+    return text, curves
+
+
+def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | None = None) -> str:
+    """One row per ``(label, loss, records)``: the record at ``at_epoch`` (default the last) and how far it got."""
+    out = ["| run | loss | epoch | " + " | ".join(label for _, label, _ in METRICS) + " |",
+           "|---|---|---|" + "---|" * len(METRICS)]  # fmt: skip
+    for label, loss, records in rows:
+        pick = records[-1] if records else None
+        if at_epoch is not None:
+            pick = next((r for r in records if abs(r["epoch"] - at_epoch) < 1e-6), None)
+        if pick is None:
+            reached = f"{records[-1]['epoch']:g} so far" if records else "not run"
+            out.append(f"| {label} | {loss} | {reached} |" + " |" * len(METRICS))
+            continue
+        out.append(
+            f"| {label} | {loss} | {pick['epoch']:g} | "
+            + " | ".join(_fmt(pick[k], None, s) for k, _, s in METRICS)
+            + " |"
+        )
+    return "\n".join(out)
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [m for m in METRICS if m[0] in ("atom_stability", "validity", "nn_distance_w1")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    colours = {"energy:exp": "tab:red", "mse": "tab:blue"}
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        for loss in PAIR:
+            epochs = sorted(curves[loss])
+            if not epochs:
+                continue
+            values = [np.asarray(curves[loss][e][key], dtype=float) * scale for e in epochs]
+            mean = np.array([v.mean() for v in values])
+            std = np.array([v.std() for v in values])
+            n = max(len(v) for v in values)
+            ax.plot(epochs, mean, color=colours[loss], label=f"{loss} (≤{n} seeds)")
+            ax.fill_between(epochs, mean - std, mean + std, color=colours[loss], alpha=0.2, linewidth=0)
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("QM9, GDM-aug 4 x 64, CPU: mean ± std over seeds", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path, help="the study's output folder (OUT of qm9_cpu_study.sh)")
+    parser.add_argument("--plot", type=Path, help="write the convergence plot with bands here")
+    args = parser.parse_args(argv)
+    if not args.study.is_dir():
+        parser.error(f"study: no folder {args.study}")
+    text, curves = seeds_table(args.study)
+    print("### MSE vs energy(exp), over seeds\n\n" + text)
+    seed0 = load_records(args.study / "seed-0")
+    lr_rows = []
+    for lr, folder in (("5e-4", "lr-5e-4"), ("1e-3", "seed-0"), ("2e-3", "lr-2e-3")):
+        runs = load_records(args.study / folder)
+        for loss in PAIR:
+            lr_rows.append((f"lr {lr}", loss, runs.get(loss, [])))
+    print("\n### Learning-rate check (seed 0, epoch 4)\n\n" + final_rows(lr_rows, at_epoch=4.0))
+    matrix = [("seed-0", loss, seed0.get(loss, [])) for loss in PAIR]
+    for folder in sorted((args.study / "matrix").glob("*")) if (args.study / "matrix").is_dir() else []:
+        for loss, records in load_records(folder).items():
+            matrix.append((f"matrix/{folder.name}", loss, records))
+    print("\n### One seed of every loss (seed 0, last evaluation reached)\n\n" + final_rows(matrix))
+    frac = load_records(args.study / "frac-0.5")
+    frac_rows = [("50 % data", loss, frac.get(loss, [])) for loss in PAIR]
+    frac_rows += [("100 % data", loss, seed0.get(loss, [])) for loss in PAIR]
+    print("\n### 50 % of the training data, same steps (seed 0, last evaluation)\n\n" + final_rows(frac_rows))
+    if args.plot:
+        plot(curves, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
