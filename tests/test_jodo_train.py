@@ -125,3 +125,16 @@ def test_jodo_run_options_are_validated(capsys):
     with pytest.raises(SystemExit) as err:
         main(["run", "jodo", "--preset", "smoke", "--heads", "5"])
     assert err.value.code == 2
+
+
+def test_jodo_run_without_rdkit_samples_and_says_how_to_score(tmp_path, monkeypatch, capsys):
+    from energyloss.cli import main
+    from energyloss.experiments.molecules import metrics
+
+    monkeypatch.setattr(metrics, "rdkit_version", lambda: None)
+    run = tmp_path / "run"
+    assert main(["run", "jodo", "--preset", "smoke", "--out", str(run)]) == 0
+    assert "eval-molecules PATH --table3" in capsys.readouterr().err
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["3d"] is None and saved["2d"] is None and saved["num_samples"] == 4
+    assert len(load_molecules(run / "samples.npz")) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -74,6 +75,30 @@ def test_one_training_step_per_loss(loss, coefficients):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_bf16_precision_autocasts_only_the_denoiser_and_trains(tmp_path):
+    b = _batch()
+    exact, mixed = _model("energy"), _model("energy")
+    mixed.precision = "bf16"
+    noise = exact.draw_noise(4, b["positions"].shape[1], generator=torch.Generator().manual_seed(0), rotations=True)
+    ref = exact(b["positions"], b["one_hot"], b["charges"], b["mask"], noise)
+    out = mixed(b["positions"], b["one_hot"], b["charges"], b["mask"], noise)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"]).all()
+    # bfloat16 keeps 8 bits of mantissa: the loss moves by about a percent, not more
+    torch.testing.assert_close(out["loss"], ref["loss"], rtol=0.05, atol=0.0)
+    assert not torch.equal(out["loss"], ref["loss"])  # the denoiser really ran in bfloat16
+    out["loss"].mean().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in mixed.parameters())
+    sample = mixed.sample(torch.tensor([3, 4]), elements=ELEMENTS, steps=3, generator=torch.Generator().manual_seed(0))
+    assert sample["positions"].dtype == torch.float32 and torch.isfinite(sample["positions"]).all()
+    with pytest.raises(ValueError, match="precision"):
+        MoleculeDiffusion(GNNDynamics(6, hidden_nf=8, n_layers=1), n_types=5, steps=10, precision="fp16")
+    cfg = dataclasses.replace(TINY, precision="bf16", max_steps=2)
+    records = T.train_model(cfg, "energy:exp", tmp_path / "bf16", show_progress=False)
+    assert records[-1]["step"] == 2 and math.isfinite(records[-1]["train_loss"])
+    with pytest.raises(ValueError, match="precision: 'bf16' -> 'fp32'"):  # not resumed in another precision
+        T.train_model(dataclasses.replace(cfg, precision="fp32"), "energy:exp", tmp_path / "bf16", show_progress=False)
 
 
 def test_egnn_denoiser_trains_with_the_energy_loss_and_its_loss_is_rotation_invariant():

@@ -28,8 +28,12 @@ RESUME_KEYS = (
     "k0",
     "coefficient_distance",
     "optimizer",
+    "precision",
     "seed",
 )
+#: ``precision`` values: ``bf16`` runs the denoiser under ``torch.autocast`` (bfloat16 matmuls); the loss, the
+#: optimiser and the sampler's arithmetic stay float32.
+PRECISIONS = ("fp32", "bf16")
 DATA_SOURCES = ("qm9", "synthetic", "auto", "geom-drugs")
 #: ``stability_table="auto"``: the protocol of each data source (:mod:`.geom_tables`).
 DEFAULT_STABILITY_TABLES = {"qm9": "edm-v1", "synthetic": "edm-v1", "geom-drugs": "edm-geom-v1"}
@@ -75,6 +79,7 @@ class QM9Config:
     k0: float | None = None
     coefficient_distance: str = "positions"
     optimizer: str = "adam"
+    precision: str = "fp32"
     grad_clip: str = "queue"
     ema_decay: float = 0.9999
     ema_warmup: bool = True
@@ -134,6 +139,8 @@ class QM9Config:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.coefficient_distance not in ("positions", "features"):
             raise ValueError(
                 f"coefficient_distance must be 'positions' or 'features', got {self.coefficient_distance!r}"
@@ -279,6 +286,7 @@ OPTION_HELP: dict[str, str] = {
     "coefficient_distance": "distance inside k_ij: target positions (paper) or positions + scaled atom features "
     "(authors' EDM fork)",
     "optimizer": "adam or adamw (the authors' fork: amsgrad, weight decay 1e-12)",
+    "precision": "fp32, or bf16: the denoiser under autocast (GPU throughput; loss and optimiser stay fp32)",
     "grad_clip": "'queue' (EDM's adaptive), 'none', or a max norm",
     "ema_decay": "EMA decay of the evaluated weights",
     "ema_warmup": "EMA warm-up min(decay, (1+step)/(10+step))",
@@ -301,6 +309,7 @@ OPTION_CHOICES = {
     "model": tuple(MODELS),
     "data": DATA_SOURCES,
     "optimizer": ("adam", "adamw"),
+    "precision": PRECISIONS,
     "coefficient_distance": ("positions", "features"),
     "stability_table": ("auto", "edm-v1", "edm-geom-v1", "geom-revisited-v1"),
 }

@@ -119,6 +119,8 @@ class MoleculeDiffusion(nn.Module):
         coefficient_distance: ``"positions"`` (the paper: :math:`k_{ij} = k(\|x_i - x_j\|)`) or ``"features"``
             (the authors' EDM fork: :math:`k(\|[x, h]_i - [x, h]_j\|)` over positions and scaled features;
             dense ``"energy"`` only).
+        precision: ``"fp32"``, or ``"bf16"``: the denoiser runs under ``torch.autocast`` with bfloat16 (training
+            and sampling); its outputs are cast back, so the loss, the optimiser and the sampler stay float32.
 
     Example:
         >>> from energyloss.experiments.molecules.models import GNNDynamics
@@ -148,6 +150,7 @@ class MoleculeDiffusion(nn.Module):
         norm_factors: Sequence[float] = (1.0, 4.0, 10.0),
         pool=None,
         coefficient_distance: str = "positions",
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         spec = parse_loss_spec(position_loss)
@@ -159,6 +162,8 @@ class MoleculeDiffusion(nn.Module):
             raise ValueError(f"coefficient_distance must be 'positions' or 'features', got {coefficient_distance!r}")
         if coefficient_distance == "features" and spec.name != "energy":
             raise ValueError("coefficient_distance='features' is implemented for position_loss='energy' only")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if len(norm_factors) != 3:
             raise ValueError(f"norm_factors must hold 3 numbers (positions, one-hot, charges), got {norm_factors!r}")
         self.dynamics = dynamics
@@ -176,6 +181,15 @@ class MoleculeDiffusion(nn.Module):
         self.norm_factors = tuple(float(f) for f in norm_factors)
         self.pool = pool
         self.coefficient_distance = coefficient_distance
+        self.precision = precision
+
+    def _denoise(self, x: Tensor, h: Tensor, t: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The network's predictions ``(B, N, 3), (B, N, F)`` in the inputs' dtype (bf16 autocast inside only)."""
+        if self.precision == "fp32":
+            return self.dynamics(x, h, t, mask)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+            pred_x, pred_h = self.dynamics(x, h, t, mask)
+        return pred_x.to(x.dtype), pred_h.to(h.dtype)
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
@@ -287,7 +301,7 @@ class MoleculeDiffusion(nn.Module):
         sigma = self.schedule.sigma(t).to(dtype)
         z_x = alpha[:, None, None] * x + sigma[:, None, None] * eps_x
         z_h = alpha[:, None, None] * h + sigma[:, None, None] * eps_h
-        pred_x, pred_h = self.dynamics(z_x, z_h, t.to(dtype) / self.steps, mask)
+        pred_x, pred_h = self._denoise(z_x, z_h, t.to(dtype) / self.steps, mask)
         denom = (3 + self.n_features) * mask.sum(-1).clamp_min(1).to(dtype)
         types = torch.where(m, (pred_h - eps_h).square(), 0.0).sum((1, 2)) / denom
         position = self._position_term(pred_x, z_x, x, eps_x, alpha, sigma, mask, edge_generator, h)
@@ -349,7 +363,7 @@ class MoleculeDiffusion(nn.Module):
 
         def predict(z: Tensor, t: int) -> Tensor:
             tt = torch.full((b,), t / self.steps, device=device)
-            ex, eh = self.dynamics(z[..., :3], z[..., 3:], tt, mask)
+            ex, eh = self._denoise(z[..., :3], z[..., 3:], tt, mask)
             return torch.cat([ex, eh], -1)
 
         z = gaussian()

@@ -200,8 +200,16 @@ def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
         device=device,
         callback=lambda step, r: print(json.dumps({k: round(v, 4) for k, v in r.items()}), flush=True),
     )
+    from .metrics import rdkit_version
+
+    score = rdkit_version() is not None
     reference = None
-    if cfg.reference == "qm9-test":
+    if not score:
+        log(
+            f"RDKit is not installed: sampling only; score {folder / 'samples.npz'} where it is with "
+            "`energyloss eval-molecules PATH --table3`"
+        )
+    elif cfg.reference == "qm9-test":
         from .table3_metrics import qm9_table3_reference
 
         reference = qm9_table3_reference(fcd=cfg.fcd)
@@ -216,6 +224,7 @@ def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
         fcd=cfg.fcd,
         mmd=cfg.mmd,
         save_to=folder / "samples.npz",
+        score=score,
     )
     metrics.update(
         step=run["step"], parameters=run["parameters"], seconds_per_step=run["seconds_per_step"], loss=cfg.loss

@@ -256,12 +256,14 @@ def evaluate_jodo(
     save_to: str | Path | None = None,
     device: torch.device | str | None = None,
     n_jobs: int = 1,
+    score: bool = True,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` molecules and compute the Table 3 metrics (:func:`~.table3_metrics.evaluate_table3`).
 
     The molecules use the sampled bond orders and formal charges (JODO's 2-D metrics) and their positions (3-D
     metrics). ``save_to`` writes them with :func:`~.data.save_molecules` (``bonds=``, ``formal_charges=``).
-    Returns the metrics with ``sampling_seconds`` added.
+    Returns the metrics with ``sampling_seconds`` added. ``score=False`` only samples (and saves): the metrics are
+    ``None`` (e.g. on a machine without RDKit; score the saved file later with ``eval-molecules --table3``).
     """
     from .bonds import BondGraphs
     from .data import Molecules, sample_node_counts, save_molecules
@@ -282,7 +284,10 @@ def evaluate_jodo(
         positions, z, mask = mols.to_padded()
         bonds, fc = graphs.to_dense(pad_to=positions.shape[1])
         save_molecules(save_to, positions, z, mask=mask, bonds=bonds, formal_charges=fc)
-    result = evaluate_table3(mols, graphs, reference=reference, fcd=fcd, mmd=mmd, n_jobs=n_jobs)
+    if score:
+        result = evaluate_table3(mols, graphs, reference=reference, fcd=fcd, mmd=mmd, n_jobs=n_jobs)
+    else:
+        result = {"3d": None, "2d": None}
     result["sampling_seconds"] = round(sampling_seconds, 2)
     result["num_samples"] = num_samples
     result["sampling_steps"] = steps

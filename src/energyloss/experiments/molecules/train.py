@@ -139,7 +139,8 @@ def _summary(cfg: QM9Config, records: list[dict[str, Any]], data: str) -> str:
     tables = stability_tables(cfg)
     return (
         f"# {_data_name(cfg)} diffusion: {cfg.model}, {cfg.n_layers} layers x {cfg.hidden_nf}, batch {cfg.batch_size}"
-        f"\n\nData: {data}.\n\n{table}\n\n"
+        + ("" if cfg.precision == "fp32" else f", {cfg.precision} denoiser")
+        + f"\n\nData: {data}.\n\n{table}\n\n"
         f"{cfg.n_eval_samples} EMA samples per evaluation ({cfg.n_final_samples or cfg.n_eval_samples} at the end), "
         f"{cfg.sampling_steps or cfg.diffusion_steps} sampling steps of {cfg.diffusion_steps}. "
         f"Stability table: {tables.name} (bond table {tables.bonds.key}, valence table {tables.valences.key}, "

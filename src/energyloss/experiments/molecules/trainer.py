@@ -117,6 +117,7 @@ def build_model(
         position_weight=weight,
         pool=pool,
         coefficient_distance=cfg.coefficient_distance,
+        precision=cfg.precision,
     )
     return model.to(device), lr
 
