@@ -1,0 +1,69 @@
+"""The report scripts of benchmarks/ (study tables) compute what their pages say, on generated run folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(loss: str, epoch: float, atom: float, **extra) -> dict:
+    return {"loss": loss, "epoch": epoch, "step": int(100 * epoch), "atom_stability": atom,
+            "molecule_stability": 0.0, "validity": 0.5, "uniqueness": 1.0, "nn_distance_w1": 0.1} | extra  # fmt: skip
+
+
+def _write(folder: Path, tag: str, records: list[dict]) -> None:
+    (folder / tag).mkdir(parents=True, exist_ok=True)
+    (folder / tag / "metrics.json").write_text(json.dumps({"records": records}))
+
+
+def test_qm9_study_report_means_over_seeds_and_pairs_the_losses(tmp_path, capsys):
+    report = _script("qm9_study_report")
+    for seed, (energy, mse) in enumerate([(0.6, 0.5), (0.8, 0.5)]):
+        folder = tmp_path / f"seed-{seed}"
+        _write(folder, "energy-exp", [_record("energy:exp", 1.0, energy / 2), _record("energy:exp", 2.0, energy)])
+        _write(folder, "mse", [_record("mse", 1.0, mse / 2), _record("mse", 2.0, mse)])
+    _write(tmp_path / "seed-2", "energy-exp", [_record("energy:exp", 1.0, 0.1)])  # a seed still running
+    _write(tmp_path / "matrix" / "mae", "mae", [_record("mae", 1.0, 0.2)])
+    assert report.main([str(tmp_path), "--plot", str(tmp_path / "plot.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | energy:exp | 2 | 70.0 ± 10.0 |" in out  # mean ± population std of 60 and 80
+    assert "| 1 | energy:exp | 3 | 26.7 ± 12.5 |" in out  # epoch 1 has the third seed too (30, 40, 10)
+    assert "| 0 | 2 | 10.0 |" in out and "| 1 | 2 | 30.0 |" in out  # energy - MSE, per seed, at epoch 2
+    assert "| mean ± std | | 20.0 ± 10.0 |" in out
+    assert "| matrix/mae | mae | 1 | 20.0 |" in out and "| lr 5e-4 | energy:exp | not run |" in out
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_jodo_compare_report_reads_the_table3_metrics(tmp_path, capsys):
+    report = _script("jodo_compare_report")
+    for seed, atom in enumerate((0.2, 0.4)):
+        metrics = {"step": 2000, "3d": {"atom_stability": atom, "molecule_stability": 0.0, "validity": 0.0,
+                                        "completeness": 0.0, "fcd": None},
+                   "2d": {"atom_stability": 0.5, "validity": 0.1, "fcd": 15.0},
+                   "geometry": {"bond_length_mmd": 4.0, "bond_angle_mmd": 1.5, "dihedral_angle_mmd": 0.04}}  # fmt: skip
+        _write(tmp_path / f"seed-{seed}", "kabsch_mse", [])
+        (tmp_path / f"seed-{seed}" / "kabsch_mse" / "metrics.json").write_text(json.dumps(metrics))
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| JODO (aligned MSE) | 2 | 2000 | 30.0 ± 10.0 | 0.0 ± 0.0 |" in out
+    assert "| – | 4.0000 ± 0.0000 |" in out  # no valid molecule, no FCD; the MMDs are there
+    assert "| JODO + energy (exp.) | 0 | not run |" in out
+
+
+@pytest.mark.parametrize("name", ["qm9_study_report", "jodo_compare_report"])
+def test_reports_refuse_a_missing_folder(name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        _script(name).main([str(tmp_path / "nowhere")])
+    assert err.value.code == 2 and "no folder" in capsys.readouterr().err
