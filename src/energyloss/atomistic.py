@@ -42,6 +42,8 @@ import torch
 from torch import Tensor
 
 from . import _numba_kernels, _triton_kernels
+from ._reduction import REDUCTIONS as _REDUCTIONS
+from ._reduction import reduce_per_structure
 from .coefficients import Coefficients, resolve_coefficients
 from .geometry import as_dense_batch, centroid, check_pair_inputs, value_checks_enabled
 
@@ -57,33 +59,6 @@ DENSE_MAX_PAIRS = {"cpu": 2**20, "cuda": 2**26}
 TILE_ELEMENTS = {"cpu": 2**16, "cuda": 2**24}
 
 _NORMALIZE = (None, "atoms", "pairs")
-_REDUCTIONS = ("none", "mean", "sum")
-
-
-def reduce_per_structure(
-    values: Tensor, reduction: str, *, single: bool = False, counts: Tensor | None = None
-) -> Tensor:
-    """Reduce a ``(B,)`` tensor of per-structure losses: ``"none"`` | ``"mean"`` | ``"sum"``.
-
-    With ``single=True`` (the input was one unbatched structure) ``"none"`` returns a 0-dim tensor. ``counts``
-    ``(B,)`` (real atoms per structure) leaves empty structures out of ``"mean"``; a batch of empty structures
-    (or ``B = 0``) has mean 0.
-
-    Example:
-        >>> reduce_per_structure(torch.tensor([1.0, 3.0]), "mean")
-        tensor(2.)
-        >>> reduce_per_structure(torch.tensor([1.0, 3.0, 0.0]), "mean", counts=torch.tensor([4, 2, 0]))
-        tensor(2.)
-    """
-    if reduction == "none":
-        return values[0] if single else values
-    if reduction == "mean":
-        if counts is None:
-            return values.sum() / max(values.numel(), 1)
-        return values.sum() / (counts > 0).sum().clamp_min(1).to(values.dtype)
-    if reduction == "sum":
-        return values.sum()
-    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _check_options(normalize: str | None, reduction: str) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._reduction import reduce_per_structure
+
 __all__ = [
     "NoiseSchedule",
     "diffusion_sample_loss",
@@ -175,16 +177,6 @@ def eps_from_x0(
     return (zt - _expand(alpha, zt, batch, name="alpha") * x0) / _expand(sigma, zt, batch, name="sigma")
 
 
-def _reduce(values: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return values
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-
-
 def diffusion_sample_loss(
     loss_fn: SampleLoss,
     eps_pred: Tensor,
@@ -240,7 +232,7 @@ def diffusion_sample_loss(
     per = loss_fn(x0_hat, x0, reduction="none", **loss_kwargs)
     if weighting == "snr":
         per = per * (alpha / sigma).square().to(per)
-    return _reduce(per, reduction)
+    return reduce_per_structure(per, reduction)
 
 
 def flow_matching_interpolate(x0: Tensor, noise: Tensor, t: Tensor, *, batch: Tensor | None = None) -> Tensor:
@@ -313,4 +305,4 @@ def flow_matching_loss(
         raise ValueError("t must be > 0 in flow_matching_loss: the 1/t^2 weight is infinite at t = 0")
     x0_hat = flow_matching_x0_from_velocity(xt, velocity_pred, t, batch=loss_kwargs.get("batch"))
     per = loss_fn(x0_hat, x0, reduction="none", **loss_kwargs)
-    return _reduce(per / t.to(per).square(), reduction)
+    return reduce_per_structure(per / t.to(per).square(), reduction)

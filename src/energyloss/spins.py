@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._reduction import reduce_per_structure
+
 __all__ = [
     "DEFAULT_H0",
     "flip_invariant_loss",
@@ -68,8 +70,6 @@ __all__ = [
 DEFAULT_H0 = 5.0
 #: Default temperature of the free-energy losses (paper App. C.3: T = 0.1).
 DEFAULT_TEMPERATURE = 0.1
-
-_REDUCTIONS = ("mean", "sum", "none")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -273,16 +273,6 @@ def _check_loss_inputs(
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-
-
-def _reduce(per_instance: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return per_instance.mean()
-    if reduction == "sum":
-        return per_instance.sum()
-    if reduction == "none":
-        return per_instance
-    raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
 def _shift(x: Tensor, offset: int, dim: int, *, periodic: bool) -> Tensor:
@@ -588,7 +578,7 @@ def free_energy_loss(
         ) from None
     checks.finite(field, "field")
     checks.raise_first()
-    return _reduce(_free_energy(logits, field, temperature, log_partition), reduction)
+    return reduce_per_structure(_free_energy(logits, field, temperature, log_partition), reduction)
 
 
 def local_field_energy_loss(
@@ -659,7 +649,7 @@ def local_field_energy_loss(
     weights = flip_cost + h0
     checks.add((weights <= 0).any(), lambda: _h0_message(h0, weights, flip_cost, couplings, periodic))
     checks.raise_first()
-    return _reduce(_free_energy(logits, weights * target, temperature, log_partition), reduction)
+    return reduce_per_structure(_free_energy(logits, weights * target, temperature, log_partition), reduction)
 
 
 def _h0_message(h0: float, weights: Tensor, flip_cost: Tensor, couplings: Tensor, periodic: bool) -> str:
@@ -717,7 +707,7 @@ def true_energy_loss(
     _check_temperature(temperature)
     _check_loss_inputs(logits, couplings=couplings, periodic=periodic).raise_first()
     energy = _energy(magnetisation(logits), couplings.detach().to(logits.dtype), periodic)
-    return _reduce(energy / temperature - _entropy(logits), reduction)
+    return reduce_per_structure(energy / temperature - _entropy(logits), reduction)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -747,7 +737,7 @@ def spin_cross_entropy_loss(logits: Tensor, target: Tensor, *, reduction: str = 
     """
     _check_loss_inputs(logits, target=target).raise_first()
     per_instance = -F.logsigmoid(target.detach().to(logits.dtype) * logits).sum(dim=(-2, -1))
-    return _reduce(per_instance, reduction)
+    return reduce_per_structure(per_instance, reduction)
 
 
 def spin_margin_loss(logits: Tensor, target: Tensor, *, margin: float = 1.0, reduction: str = "mean") -> Tensor:
@@ -772,7 +762,7 @@ def spin_margin_loss(logits: Tensor, target: Tensor, *, margin: float = 1.0, red
     """
     _check_loss_inputs(logits, target=target).raise_first()
     per_instance = F.relu(margin - target.detach().to(logits.dtype) * logits).sum(dim=(-2, -1))
-    return _reduce(per_instance, reduction)
+    return reduce_per_structure(per_instance, reduction)
 
 
 def flip_invariant_loss(
@@ -809,4 +799,4 @@ def flip_invariant_loss(
     """
     as_is = loss(logits, target, *args, reduction="none", **kwargs)
     flipped = loss(logits, -target, *args, reduction="none", **kwargs)
-    return _reduce(torch.minimum(as_is, flipped), reduction)
+    return reduce_per_structure(torch.minimum(as_is, flipped), reduction)
