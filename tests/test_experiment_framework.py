@@ -216,7 +216,26 @@ def test_a_run_folder_is_locked_while_another_process_runs_in_it(tmp_path):
         holder.communicate("")  # the holder ends; the kernel drops its lock
     runs.open_run_folder(out, "x", _Cfg())
     runs.open_run_folder(out, "x", _Cfg())  # this process holds it now: reopening is fine
-    runs.unlock_run_folder(out)
+    runs.release_run_folders()  # what the command line does when a command ends: another process may take it
+    taker = subprocess.run(
+        [sys.executable, "-c", f"from energyloss.experiments import runs; runs.lock_run_folder({str(out)!r})"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert taker.returncode == 0, taker.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock(2) locks only")
+def test_a_file_system_without_flock_runs_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    runs.open_run_folder(tmp_path / "r", "x", _Cfg())
+    assert "cannot lock the run folder" in capsys.readouterr().err
+    assert (tmp_path / "r" / "config.json").exists()
 
 
 def test_job_store_redoes_other_settings_and_reports_corrupt_files(tmp_path, capsys):

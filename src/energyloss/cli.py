@@ -83,7 +83,7 @@ def _run_parser(name: str, module) -> argparse.ArgumentParser:
 def _run_config_experiment(name: str, module, rest: list[str]) -> int:
     """Parse, resolve and run an experiment whose options come from its config dataclass (:mod:`.options`)."""
     from energyloss.experiments import options
-    from energyloss.experiments.runs import set_progress
+    from energyloss.experiments.runs import release_run_folders, set_progress
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="default")
@@ -113,6 +113,7 @@ def _run_config_experiment(name: str, module, rest: list[str]) -> int:
         return int(module.run_config(cfg, out=args.out, preset=label) or 0)
     finally:  # the setting is this command's, not the process's (main() may be called again, e.g. in tests)
         set_progress(previous)
+        release_run_folders()  # the run is over: another process may continue it now
 
 
 def _list() -> int:

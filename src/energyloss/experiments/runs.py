@@ -43,6 +43,7 @@ __all__ = [
     "log",
     "open_run_folder",
     "read_json",
+    "release_run_folders",
     "set_progress",
     "to_jsonable",
     "unlock_run_folder",
@@ -402,13 +403,17 @@ def lock_run_folder(run_dir: str | os.PathLike) -> Path:
     handle = open(path, "a+")  # kept open: the lock lives as long as the file stays open
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
         raise RunFolderBusy(
             f"run folder {run_dir} is in use by {holder}; wait for it to finish or choose another --out"
         ) from None
+    except OSError as err:  # a file system without flock (some network mounts): run unlocked, say so
+        handle.close()
+        log(f"{run_dir}: cannot lock the run folder ({err}); make sure no other process runs in it")
+        return run_dir
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {platform.node()} since {_dt.datetime.now().isoformat(timespec='seconds')}\n")
@@ -422,6 +427,12 @@ def unlock_run_folder(run_dir: str | os.PathLike) -> None:
     handle = _LOCKS.pop(str(Path(run_dir).resolve()), None)
     if handle is not None:
         handle.close()
+
+
+def release_run_folders() -> None:
+    """Release every run-folder lock this process holds (the command line does it when a command ends)."""
+    for key in list(_LOCKS):
+        unlock_run_folder(key)
 
 
 class JobStore:
