@@ -14,13 +14,14 @@
 #
 #   nohup bash benchmarks/qm9_cpu_study.sh > runs/qm9-study.log 2>&1 &        # a second copy: -> qm9-study-2.log
 #
-# JOBS="seed-1 lr-5e-4" restricts a copy to those jobs.
+# JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 trains the two losses of a job in two processes
+# at once (energyloss run qm9 --jobs 2; the same numbers as one after the other): one copy then uses both cores.
 set -uo pipefail
 code=$(python -c "import energyloss, os; print(os.path.dirname(energyloss.__file__))")
 echo "code: $code $(git -C "$code" rev-parse --short HEAD)"
 OUT=${OUT:-runs/qm9-study}
 THREADS=${THREADS:-1}
-common=(--preset default --model gdm-aug --threads "$THREADS" --jobs 1 --no-progress)
+common=(--preset default --model gdm-aug --threads "$THREADS" --jobs "${PARALLEL:-1}" --no-progress)
 MATRIX=(mae kabsch_mse sparse_energy:exp energy:constant energy:inverse energy:inverse_square)
 
 job_args() {  # the arguments of one job, after the common ones
