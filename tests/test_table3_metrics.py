@@ -299,6 +299,19 @@ def test_mmd_definition_identical_and_shifted_sets_and_binning():
         gm.mmd([np.nan], [1.0])
 
 
+def test_mmd_of_a_few_values_against_a_large_reference_takes_the_fast_path(monkeypatch):
+    """A symbol a poor model rarely makes (10 values) against 3,000 reference values: 9e6 reference pairs."""
+    rng = np.random.default_rng(1)
+    few, ref = rng.normal(1.3, 0.2, 10), rng.normal(1.33, 0.02, 3000)
+    exact = gm.mmd(few, ref, method="exact")
+    calls = []
+    real = gm._exact_sum
+    monkeypatch.setattr(gm, "_exact_sum", lambda *a, **k: calls.append(1) or real(*a, **k))
+    auto = gm.mmd(few, ref)
+    assert not calls  # binned, not the reference's n^2 exact pairs
+    assert abs(auto - exact) <= 1e-6 * abs(exact)
+
+
 def test_geometry_mmd_near_zero_for_the_same_data_and_larger_for_noise_and_shuffled_types():
     mols = qm9.read_qm9_csv(EXCERPT, progress=False)
     g = graphs_of(mols)
