@@ -17,6 +17,7 @@
 # JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 trains the two losses of a job in two processes
 # at once (energyloss run qm9 --jobs 2; the same numbers as one after the other): one copy then uses both cores.
 set -uo pipefail
+command -v energyloss > /dev/null || { echo "energyloss is not on PATH: activate the environment (source .venv/bin/activate)"; exit 2; }
 code=$(python -c "import energyloss, os; print(os.path.dirname(energyloss.__file__))")
 echo "code: $code $(git -C "$code" rev-parse --short HEAD)"
 OUT=${OUT:-runs/qm9-study}
