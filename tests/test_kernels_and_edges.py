@@ -370,3 +370,21 @@ def test_cutoff_on_edge_lists():
     fused = el.pair_energy_loss(p, t, edges=edges, coefficients=exp, cutoff=3.0)
     ref = el.pair_energy_loss(p, t, edges=edges, coefficients=lambda d: torch.where(d <= 3.0, exp(d), 0.0))
     assert torch.allclose(fused, ref, rtol=1e-12)
+
+
+@needs_numba
+def test_the_fused_kernels_leave_torchs_thread_count_alone():
+    """numba's OpenMP layer shares torch's libgomp; starting its pool must not undo torch.set_num_threads(1)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1); import energyloss as el; "
+        "x = torch.randn(64, 29, 3, requires_grad=True); y = torch.randn(64, 29, 3); "  # the parallel path
+        "el.pair_energy_loss(x, y, coefficients='exp').backward(); "
+        "e = torch.tensor([[0, 1] * 9000, [1, 2] * 9000]); z = torch.randn(3, 3, requires_grad=True); "
+        "el.pair_energy_loss(z, torch.randn(3, 3), edges=e).backward(); "  # the split edge path
+        "print(torch.get_num_threads())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"

@@ -8,8 +8,9 @@ against (float32 and float64, values and gradients). Set ``ENERGYLOSS_NUMBA=0`` 
 - Compiled on first use per (scheme, dtype), a few seconds, and cached on disk by numba (``NUMBA_CACHE_DIR``, by
   default ``__pycache__`` beside this file, or a user cache directory when that is not writable): later processes
   load the machine code in well under a second.
-- Threads follow ``torch.get_num_threads()`` (capped by numba's ``NUMBA_NUM_THREADS``). Calls from several Python
-  threads are serialised by a lock (numba's default ``workqueue`` threading layer is not re-entrant).
+- Threads follow ``torch.get_num_threads()`` (capped by numba's ``NUMBA_NUM_THREADS``), and a call leaves torch's
+  thread count as it found it (numba's OpenMP layer would otherwise reset it). Calls from several Python threads are
+  serialised by a lock (numba's ``workqueue`` threading layer is not re-entrant).
 - Both are wrapped as ``torch.library`` custom operators (``energyloss::pair_energy``, ``energyloss::edge_energy``)
   with shape functions, so ``torch.compile(fullgraph=True)`` traces through them without a graph break.
 - Deterministic: for given inputs and thread count the result is bitwise reproducible (every task owns its
@@ -21,10 +22,12 @@ against (float32 and float64, values and gradients). Set ``ENERGYLOSS_NUMBA=0`` 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -115,8 +118,21 @@ def _params(scheme: tuple[int, float, float], dtype: torch.dtype, cutoff: float)
     return out
 
 
-def _threads() -> int:
-    return _impl().set_threads(torch.get_num_threads())
+@contextlib.contextmanager
+def _kernel_section() -> Iterator[int]:
+    """Hold the kernel lock and use torch's thread count; yields that count (clipped to numba's pool).
+
+    Keeps torch's own count as it was: numba's OpenMP threading layer shares libgomp with torch, and starting its
+    pool resets the OpenMP thread count to ``NUMBA_NUM_THREADS``, so without this a one-thread run
+    (``torch.set_num_threads(1)``) would run torch on every core from its first energy call on.
+    """
+    with _LOCK:
+        wanted = torch.get_num_threads()
+        try:
+            yield _impl().set_threads(wanted)
+        finally:
+            if torch.get_num_threads() != wanted:
+                torch.set_num_threads(wanted)
 
 
 def _pair_splits(bsz: int, n: int, threads: int) -> int:
@@ -147,8 +163,8 @@ def _pair_energy_cpu(
     params = _params((scheme, k0, aux), pred.dtype, cutoff)
     flags = _NO_MASK if mask is None else mask.contiguous().numpy()
     parallel = bsz * n * n >= SERIAL_MAX_PAIRS
-    with _LOCK:
-        splits = _pair_splits(bsz, n, _threads()) if parallel else 1
+    with _kernel_section() as threads:
+        splits = _pair_splits(bsz, n, threads) if parallel else 1
         grad, energy = _impl().KERNELS[scheme, parallel][0](
             pred.contiguous().numpy(), target.contiguous().numpy(), flags, params, splits
         )
@@ -162,8 +178,8 @@ def _cell_list_energy(pred, target, mask, scheme, cutoff, need_grad) -> tuple[Te
     params = _params(scheme, pred.dtype, cutoff)
     impl = _impl()
     energies, grads = [], []
-    with _LOCK:
-        splits = max(8, _threads())
+    with _kernel_section() as threads:
+        splits = max(8, threads)
         for b in range(bsz):
             pos = torch.zeros(3, n, dtype=pred.dtype)
             tgt = torch.zeros(3, n, dtype=pred.dtype)
@@ -241,8 +257,8 @@ def _edge_energy_cpu(
     n_edges = src.shape[0]
     params = _params((scheme, k0, aux), pred.dtype, cutoff)
     parallel = n_edges >= EDGE_SPLIT_MIN
-    with _LOCK:
-        splits = _threads() if parallel else 1
+    with _kernel_section() as threads:
+        splits = threads if parallel else 1
         grad = torch.zeros(splits, *pred.shape, dtype=pred.dtype)
         energy = torch.zeros(splits, num, dtype=torch.float64)
         flags = valid.to(torch.uint8) if valid is not None else torch.ones(n_edges, dtype=torch.uint8)
