@@ -93,18 +93,23 @@ def seeds_table(study: Path) -> tuple[str, dict]:
     for seed, runs in sorted(by_seed.items()):
         if not all(loss in runs for loss in PAIR):
             continue
-        a, b = runs[PAIR[0]][-1], runs[PAIR[1]][-1]
-        if a["step"] != b["step"]:
+        common = {r["step"] for r in runs[PAIR[0]]} & {r["step"] for r in runs[PAIR[1]]}
+        if not common:
             continue
+        last = max(common)  # a seed still training: its last evaluation that both losses have reached
+        a, b = (next(r for r in runs[loss] if r["step"] == last) for loss in PAIR)
         diff_rows.append((seed, a["epoch"], {key: (a[key] or 0) - (b[key] or 0) for key, _, _ in METRICS}))
     text = "\n".join(lines)
     if diff_rows:
-        text += "\n\nEnergy minus MSE at the last evaluation, per seed (same steps, batch, data order and noise):\n\n"
+        text += (
+            "\n\nEnergy minus MSE at the last evaluation both have reached, per seed (same steps, batch, data order"
+            " and noise):\n\n"
+        )
         text += "| seed | epoch | " + " | ".join(label for _, label, _ in METRICS) + " |\n"
         text += "|---|---|" + "---|" * len(METRICS) + "\n"
         for seed, epoch, d in diff_rows:
             text += f"| {seed} | {epoch:g} | " + " | ".join(_fmt(d[k], None, s) for k, _, s in METRICS) + " |\n"
-        if len(diff_rows) > 1:
+        if len(diff_rows) > 1 and len({epoch for _, epoch, _ in diff_rows}) == 1:  # a mean only at one epoch
             text += (
                 "| mean ± std | | "
                 + " | ".join(_fmt(*_stat([d[k] for _, _, d in diff_rows]), s) for k, _, s in METRICS)
