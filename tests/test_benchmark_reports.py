@@ -67,3 +67,15 @@ def test_reports_refuse_a_missing_folder(name, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         _script(name).main([str(tmp_path / "nowhere")])
     assert err.value.code == 2 and "no folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.sh")))
+def test_prepared_shell_scripts_parse(script):
+    """The GPU-lease and study scripts run rarely; a syntax error must show up here, not on a lent device."""
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    out = subprocess.run(["bash", "-n", str(BENCHMARKS / script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
