@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from energyloss.experiments.runs import mean_std
 
 LOSSES = (("kabsch_mse", "JODO (aligned MSE)"), ("energy-inverse", "JODO + energy (inv.)"),
           ("energy-exp", "JODO + energy (exp.)"))  # fmt: skip
@@ -45,9 +45,8 @@ def _cell(values: list[float | None], scale: float, digits: int) -> str:
     vals = [scale * v for v in values if v is not None]
     if not vals:
         return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+    mean, std = mean_std(vals)
+    return f"{mean:.{digits}f}" if len(vals) == 1 else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from energyloss.experiments.runs import mean_std
+
 METRICS = (
     ("atom_stability", "atom stab. %", 100.0),
     ("molecule_stability", "mol. stab. %", 100.0),
@@ -59,11 +61,6 @@ def _fmt(mean: float, std: float | None, scale: float) -> str:
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
-def _stat(values: list[float]) -> tuple[float, float]:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    return (float(arr.mean()), float(arr.std())) if arr.size else (float("nan"), float("nan"))
-
-
 def seeds_table(study: Path) -> tuple[str, dict]:
     """Markdown of part 1 and ``{loss: {epoch: {metric: [values over seeds]}}}`` for the plot."""
     by_seed = {int(p.name.split("-")[1]): load_records(p) for p in sorted(study.glob("seed-*")) if p.is_dir()}
@@ -86,7 +83,10 @@ def seeds_table(study: Path) -> tuple[str, dict]:
             if not cell:
                 continue
             n = len(cell["atom_stability"])
-            stats = [_fmt(_stat(cell[key])[0], _stat(cell[key])[1] if n > 1 else None, s) for key, _, s in METRICS]
+            stats = []
+            for key, _, scale in METRICS:
+                mean, std = mean_std(cell[key])
+                stats.append(_fmt(mean, std if n > 1 else None, scale))
             lines.append(f"| {epoch:g} | {loss} | {n} | " + " | ".join(stats) + " |")
     # the paired difference at the last common evaluation of each seed
     diff_rows = []
@@ -112,7 +112,7 @@ def seeds_table(study: Path) -> tuple[str, dict]:
         if len(diff_rows) > 1 and len({epoch for _, epoch, _ in diff_rows}) == 1:  # a mean only at one epoch
             text += (
                 "| mean ± std | | "
-                + " | ".join(_fmt(*_stat([d[k] for _, _, d in diff_rows]), s) for k, _, s in METRICS)
+                + " | ".join(_fmt(*mean_std([d[k] for _, _, d in diff_rows]), s) for k, _, s in METRICS)
                 + " |\n"
             )
     return text, curves
@@ -152,10 +152,9 @@ def plot(curves: dict, path: Path) -> None:
             epochs = sorted(curves[loss])
             if not epochs:
                 continue
-            values = [np.asarray(curves[loss][e][key], dtype=float) * scale for e in epochs]
-            mean = np.array([v.mean() for v in values])
-            std = np.array([v.std() for v in values])
-            n = max(len(v) for v in values)
+            stats = np.array([mean_std(curves[loss][e][key]) for e in epochs]) * scale  # (epochs, 2)
+            mean, std = stats[:, 0], stats[:, 1]
+            n = max(len(curves[loss][e][key]) for e in epochs)
             ax.plot(epochs, mean, color=colours[loss], label=f"{loss} (≤{n} seeds)")
             ax.fill_between(epochs, mean - std, mean + std, color=colours[loss], alpha=0.2, linewidth=0)
         ax.set_xlabel("epoch")

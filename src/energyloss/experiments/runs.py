@@ -385,11 +385,12 @@ _LOCKS: dict[str, Any] = {}  # resolved run folder -> the open lock file this pr
 
 
 def lock_run_folder(run_dir: str | os.PathLike) -> Path:
-    """Take the run folder's advisory lock for the rest of this process; :class:`RunFolderBusy` if another has it.
+    """Take the run folder's advisory lock; :class:`RunFolderBusy` if another process has it.
 
-    The lock is ``flock(2)`` on ``run_dir/.lock``: the kernel releases it when the process ends, however it ends, so
-    it never goes stale. Taking it again in the same process is a no-op. On systems without ``fcntl`` (Windows)
-    nothing is locked.
+    The lock is ``flock(2)`` on ``run_dir/.lock``, held until :func:`unlock_run_folder` /
+    :func:`release_run_folders` (the command line calls it when a command ends) or the end of the process, however
+    it ends, so it never goes stale. Taking it again in the same process is a no-op. On systems without ``fcntl``
+    (Windows) nothing is locked.
     """
     run_dir = Path(run_dir)
     key = str(run_dir.resolve())

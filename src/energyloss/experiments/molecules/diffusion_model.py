@@ -63,6 +63,8 @@ from energyloss.experiments.losses import make_coefficients as scheme_coefficien
 from energyloss.experiments.losses import make_position_loss, parse_loss_spec
 from energyloss.geometry import center, pairwise_distances
 
+from .config import PRECISIONS
+
 __all__ = ["AUTHORS_K0", "MoleculeDiffusion", "make_coefficients"]
 
 #: The coefficient scales :math:`k_0` of the authors' EDM fork (authors-code.md §1.2), per scheme; a scheme not
@@ -162,8 +164,8 @@ class MoleculeDiffusion(nn.Module):
             raise ValueError(f"coefficient_distance must be 'positions' or 'features', got {coefficient_distance!r}")
         if coefficient_distance == "features" and spec.name != "energy":
             raise ValueError("coefficient_distance='features' is implemented for position_loss='energy' only")
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if len(norm_factors) != 3:
             raise ValueError(f"norm_factors must hold 3 numbers (positions, one-hot, charges), got {norm_factors!r}")
         self.dynamics = dynamics

@@ -30,8 +30,8 @@ Definitions (JODO, Huang et al. 2023, ``evaluation/cal_geometry.py`` and ``evalu
 **Speed.** ``method="exact"`` sums all pairs in float64 blocks. ``method="binned"`` (the default once one of the
 three pair sums has more than 4 million pairs, i.e. either sample has more than 2,000 values) puts both samples on
 one grid by linear binning, with step :math:`3\cdot10^{-4}\sqrt\beta` (at most about :math:`10^6` points, since
-the range of the values is bounded by their pooled variance), and evaluates the three
-kernel sums as FFT convolutions. The binning error shrinks with the square of the step: about :math:`10^{-7}` of the
+the range of the values is bounded by their pooled variance), and evaluates the three kernel sums as FFT
+convolutions. The binning error shrinks with the square of the step: about :math:`10^{-7}` of the
 MMD's value (measured against ``"exact"``, and tested below :math:`10^{-6}`), far below the float32 rounding of
 JODO's own implementation. All 24 symbols of 10,000 QM9-like molecules take seconds.
 """
@@ -343,8 +343,7 @@ def mmd(
 
     ``method``: ``"exact"`` (all pairs), ``"binned"`` (linear binning + FFT, grid step ``rel_step`` times the
     smallest kernel width) or ``"auto"`` (exact while each of the three pair sums has at most 4 million pairs,
-    binned above). NaN if a sample is empty; 0 if
-    all values are equal.
+    binned above). NaN if a sample is empty; 0 if all values are equal.
 
     >>> round(mmd([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]), 12), mmd([0.0, 0.1], [5.0, 5.1]) > 1
     (0.0, True)

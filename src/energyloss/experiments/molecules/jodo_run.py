@@ -22,15 +22,9 @@ import torch
 
 from ..losses import parse_loss_spec
 from ..runs import log, open_run_folder, write_json
+from .distributed import resolve_device
 
 __all__ = ["CONFIG", "DESCRIPTION", "OPTION_HELP", "PRESETS", "JodoRunConfig", "run_config"]
-
-#: Settings a run folder cannot change once it holds a run (the trained model depends on them); more ``steps``
-#: continue the run, and the evaluation settings may change freely (the samples are redrawn every time).
-_FIXED = (
-    "data", "loss", "k0", "batch_size", "lr", "warmup", "ema_decay", "grad_clip", "seed",
-    "hidden", "edge_hidden", "layers", "heads", "local_heads", "rbf", "dropout", "cutoff",
-)  # fmt: skip
 
 DESCRIPTION = "JODO-style joint 2-D/3-D diffusion on QM9 with bonds (Table 3): kabsch_mse or the energy loss"
 
@@ -173,14 +167,28 @@ OPTION_HELP: dict[str, str] = {
 }
 
 
+def _fixed_settings() -> tuple[str, ...]:
+    """The settings a run folder cannot change once it holds a run: those of the model and of training (the data
+    and the loss included) except :data:`~.jodo_train.EXTENDABLE_SETTINGS`; evaluation settings may change freely
+    (the samples are redrawn every time)."""
+    from .jodo import JodoConfig
+    from .jodo_train import EXTENDABLE_SETTINGS, JodoTrainConfig
+
+    trained = {f.name for f in dataclasses.fields(JodoConfig)} | {f.name for f in dataclasses.fields(JodoTrainConfig)}
+    trained |= {"data", "loss"}  # the run's names for the data set and JodoTrainConfig.position_loss
+    return tuple(
+        f.name for f in dataclasses.fields(JodoRunConfig) if f.name in trained and f.name not in EXTENDABLE_SETTINGS
+    )
+
+
 def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
     """Train (or resume), sample and score one run into ``out``; prints one JSON line per logged step."""
     from .jodo_train import JodoData, evaluate_jodo, train_jodo
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    folder = open_run_folder(out, f"jodo-{parse_loss_spec(cfg.loss).tag}", cfg, preset=preset, fixed=_FIXED)
+    device = resolve_device(cfg.device)
+    folder = open_run_folder(out, f"jodo-{parse_loss_spec(cfg.loss).tag}", cfg, preset=preset, fixed=_fixed_settings())
     log(f"energyloss run jodo: {cfg.loss}, {cfg.steps} steps of batch {cfg.batch_size} on {cfg.data}; folder {folder}")
     if cfg.data == "toy":
         from .jodo import toy_bonded_set

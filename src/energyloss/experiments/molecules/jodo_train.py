@@ -37,8 +37,9 @@ from .jodo import JodoConfig, JodoDiffusion, JodoSample
 __all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "train_jodo"]
 
 CHECKPOINT = "checkpoint.pt"
-#: Training settings a checkpoint may be resumed with a different value of (more steps, other logging).
-_EXTENDABLE = ("steps", "checkpoint_every", "log_every")
+#: Training settings a checkpoint may be resumed with a different value of (more steps, other logging); every
+#: other setting of the model and of training is fixed for a run (``energyloss run jodo`` checks the same).
+EXTENDABLE_SETTINGS = ("steps", "checkpoint_every", "log_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def train_jodo(
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         stored, now = state["config"], _config_dict(model_cfg, cfg)
-        train_keys = [k for k in sorted(set(stored["train"]) | set(now["train"])) if k not in _EXTENDABLE]
+        train_keys = [k for k in sorted(set(stored["train"]) | set(now["train"])) if k not in EXTENDABLE_SETTINGS]
         clash = config_changes(stored["model"], now["model"]) + config_changes(
             stored["train"], now["train"], keys=train_keys
         )
