@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from energyloss.experiments.molecules.jodo import JodoConfig, toy_bonded_set
-from energyloss.experiments.molecules.jodo_train import JodoData, JodoTrainConfig, evaluate_jodo, train_jodo
+from energyloss.experiments.molecules.jodo import JodoConfig
+from energyloss.experiments.molecules.jodo_train import JodoTrainConfig, evaluate_jodo, load_jodo_data, train_jodo
 
 WIDTHS = {
     "small": {"hidden": 64, "edge_hidden": 32, "layers": 3, "heads": 8, "local_heads": 2, "rbf": 16, "dropout": 0.0},
@@ -44,13 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    if args.toy:
-        data = JodoData.from_molecules(*toy_bonded_set(8))
-    else:
-        from energyloss.experiments.molecules.bonds import load_qm9_bonds
-
-        qm9 = load_qm9_bonds("train", progress=False)
-        data = JodoData.from_molecules(qm9.molecules, qm9.graphs)
+    data = load_jodo_data("toy" if args.toy else "qm9", progress=False)
     load_seconds = time.perf_counter() - t0
     model_cfg = JodoConfig(**WIDTHS[args.width])
     cfg = JodoTrainConfig(

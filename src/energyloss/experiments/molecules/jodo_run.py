@@ -183,22 +183,14 @@ def _fixed_settings() -> tuple[str, ...]:
 
 def run_config(cfg: JodoRunConfig, *, out: str | None, preset: str) -> int:
     """Train (or resume), sample and score one run into ``out``; prints one JSON line per logged step."""
-    from .jodo_train import JodoData, evaluate_jodo, train_jodo
+    from .jodo_train import evaluate_jodo, load_jodo_data, train_jodo
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     folder = open_run_folder(out, f"jodo-{parse_loss_spec(cfg.loss).tag}", cfg, preset=preset, fixed=_fixed_settings())
     log(f"energyloss run jodo: {cfg.loss}, {cfg.steps} steps of batch {cfg.batch_size} on {cfg.data}; folder {folder}")
-    if cfg.data == "toy":
-        from .jodo import toy_bonded_set
-
-        data = JodoData.from_molecules(*toy_bonded_set(8))
-    else:
-        from .bonds import load_qm9_bonds
-
-        qm9 = load_qm9_bonds("train")
-        data = JodoData.from_molecules(qm9.molecules, qm9.graphs)
+    data = load_jodo_data(cfg.data)
     model_cfg, train_cfg = cfg.model_config(), cfg.train_config()
     run = train_jodo(
         data,

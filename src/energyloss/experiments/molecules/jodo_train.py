@@ -34,7 +34,7 @@ import torch
 from ..runs import atomic_save, config_changes, derive_seed, derived_generator
 from .jodo import JodoConfig, JodoDiffusion, JodoSample
 
-__all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "train_jodo"]
+__all__ = ["JodoData", "JodoTrainConfig", "evaluate_jodo", "load_jodo", "load_jodo_data", "train_jodo"]
 
 CHECKPOINT = "checkpoint.pt"
 #: Training settings a checkpoint may be resumed with a different value of (more steps, other logging); every
@@ -103,6 +103,21 @@ class JodoTrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 50
+
+
+def load_jodo_data(name: str, *, progress: bool = True) -> JodoData:
+    """The training molecules of ``energyloss run jodo --data NAME``: ``"qm9"`` (QM9's training split with bonds,
+    :func:`~.bonds.load_qm9_bonds`) or ``"toy"`` (the hand-built molecules of :func:`~.jodo.toy_bonded_set`)."""
+    if name == "toy":
+        from .jodo import toy_bonded_set
+
+        return JodoData.from_molecules(*toy_bonded_set(8))
+    if name == "qm9":
+        from .bonds import load_qm9_bonds
+
+        qm9 = load_qm9_bonds("train", progress=progress)
+        return JodoData.from_molecules(qm9.molecules, qm9.graphs)
+    raise ValueError(f"data must be 'qm9' or 'toy'; got {name!r}")
 
 
 def _build(model_cfg: JodoConfig, cfg: JodoTrainConfig) -> JodoDiffusion:
