@@ -7,53 +7,77 @@
 #   frac-0.5                 both losses on 50 % of the training set, same steps as the full runs (16 epochs)
 #   matrix/<loss>            one seed each of MAE, Kabsch-aligned MSE, sparse energy (exp) and the other three
 #                            coefficient schemes (Table 4 at this scale), same budget as seed-0
+#   model-gdm                MSE vs energy(exp) on GDM without augmentation, seed 0, same budget as seed-0
+#   model-egnn               MSE vs energy(exp) on EDM's EGNN 4 x 64, seed 0, 4 epochs (a step costs ~2.5x GDM's)
 #
 # Resumable: every run folder keeps its checkpoints, so rerunning this script continues where it stopped and skips
 # what is finished. Several copies may run at once (one per free core): each job is taken under an flock(1) lock,
-# so a second copy skips the job the first is doing and takes the next. One torch thread per copy.
+# so a second copy skips the job the first is doing and takes the next. One torch thread per process.
 #
 #   nohup bash benchmarks/qm9_cpu_study.sh > runs/qm9-study.log 2>&1 &        # a second copy: -> qm9-study-2.log
 #
-# JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 trains the two losses of a job in two processes
-# at once (energyloss run qm9 --jobs 2; the same numbers as one after the other): one copy then uses both cores.
+# JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 keeps two training processes busy: a job with
+# two losses trains them at once (energyloss run qm9 --jobs 2; the same numbers as one after the other), and jobs
+# of one loss (the matrix) run two at a time.
 set -uo pipefail
 command -v energyloss > /dev/null || { echo "energyloss is not on PATH: activate the environment (source .venv/bin/activate)"; exit 2; }
 code=$(python -c "import energyloss, os; print(os.path.dirname(energyloss.__file__))")
 echo "code: $code $(git -C "$code" rev-parse --short HEAD)"
 OUT=${OUT:-runs/qm9-study}
 THREADS=${THREADS:-1}
-common=(--preset default --model gdm-aug --threads "$THREADS" --jobs "${PARALLEL:-1}" --no-progress)
+PARALLEL=${PARALLEL:-1}
+common=(--preset default --threads "$THREADS" --no-progress)
 MATRIX=(mae kabsch_mse sparse_energy:exp energy:constant energy:inverse energy:inverse_square)
 
 job_args() {  # the arguments of one job, after the common ones
     case $1 in
-        seed-*) echo "--losses energy:exp,mse --seed ${1#seed-}" ;;
-        lr-*) echo "--losses energy:exp,mse --seed 0 --epochs 4 --lr ${1#lr-}" ;;
-        frac-0.5) echo "--losses energy:exp,mse --seed 0 --dataset-frac 0.5 --epochs 16 --eval-every 2" ;;
-        matrix/*) local tag=${1#matrix/}; echo "--losses ${tag/-/:} --seed 0" ;;  # the tag's first - was the :
+        seed-*) echo "--model gdm-aug --losses energy:exp,mse --seed ${1#seed-}" ;;
+        lr-*) echo "--model gdm-aug --losses energy:exp,mse --seed 0 --epochs 4 --lr ${1#lr-}" ;;
+        frac-0.5) echo "--model gdm-aug --losses energy:exp,mse --seed 0 --dataset-frac 0.5 --epochs 16 --eval-every 2" ;;
+        matrix/*) local tag=${1#matrix/}; echo "--model gdm-aug --losses ${tag/-/:} --seed 0" ;;  # the tag's first - was the :
+        model-gdm) echo "--model gdm --losses energy:exp,mse --seed 0" ;;
+        model-egnn) echo "--model egnn --losses energy:exp,mse --seed 0 --epochs 4" ;;
         *) echo "unknown job $1" >&2; return 1 ;;
     esac
 }
 
 all_jobs=(seed-0 seed-1 seed-2 lr-5e-4 lr-2e-3 frac-0.5)
 for loss in "${MATRIX[@]}"; do all_jobs+=("matrix/${loss//:/-}"); done
+all_jobs+=(model-gdm model-egnn)
 read -r -a jobs <<< "${JOBS:-${all_jobs[*]}}"
 
 mkdir -p "$OUT/.locks"
 failed=0
-for job in "${jobs[@]}"; do
-    args=$(job_args "$job") || exit 2
-    lock="$OUT/.locks/${job//\//_}.lock"
+run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or taken by another copy) or 1
+    local job=$1; shift
+    local lock="$OUT/.locks/${job//\//_}.lock"
     echo "== $job: $(date -Is)"
-    # shellcheck disable=SC2086  # args is a list of words
-    flock -n -E 75 "$lock" energyloss run qm9 "${common[@]}" $args --out "$OUT/$job"
-    rc=$?
+    flock -n -E 75 "$lock" energyloss run qm9 "${common[@]}" "$@" --out "$OUT/$job"
+    local rc=$?
     if [[ $rc == 75 ]]; then
         echo "== $job: taken by another copy, skipped"
     elif [[ $rc != 0 ]]; then
         echo "== $job: failed (exit $rc)"
-        failed=1
+        return 1
+    fi
+    return 0
+}
+background=0  # single-loss jobs running in the background (at most PARALLEL)
+for job in "${jobs[@]}"; do
+    args=$(job_args "$job") || exit 2
+    read -r -a argv <<< "$args"
+    if [[ $PARALLEL -gt 1 && $args != *,* ]]; then  # one loss: run it beside the next one
+        if [[ $background -ge $PARALLEL ]]; then
+            wait -n || failed=1
+            background=$((background - 1))
+        fi
+        run_job "$job" --jobs 1 "${argv[@]}" &
+        background=$((background + 1))
+    else
+        while [[ $background -gt 0 ]]; do wait -n || failed=1; background=$((background - 1)); done
+        run_job "$job" --jobs "$PARALLEL" "${argv[@]}" || failed=1
     fi
 done
+while [[ $background -gt 0 ]]; do wait -n || failed=1; background=$((background - 1)); done
 echo "== done: $(date -Is)"
 exit $failed

@@ -8,7 +8,9 @@ Reads the run folders that ``benchmarks/qm9_cpu_study.sh`` writes (``seed-S/``, 
    every evaluation, and the per-seed difference energy - MSE at the last one;
 2. the learning-rate check (4 epochs, seed 0: lr 5e-4, 1e-3 from ``seed-0`` at epoch 4, 2e-3);
 3. the one-seed matrix (MAE, Kabsch, sparse energy, the four coefficient schemes) beside seed 0's MSE / energy;
-4. 50 % of the training data, same steps.
+4. 50 % of the training data, same steps;
+5. the other denoisers (``model-gdm/``, ``model-egnn/``: GDM without augmentation and EDM's EGNN, seed 0) beside
+   seed 0's GDM-aug, at epoch 4 (EGNN's budget) and at the last evaluation.
 
 Unfinished runs are reported with the epochs they have reached. The plot (``--plot``) shows the mean over seeds
 with a band of ± one std (and every seed thin) for atom stability, validity and the NN W1.
@@ -193,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     frac_rows = [("50 % data", loss, frac.get(loss, [])) for loss in PAIR]
     frac_rows += [("100 % data", loss, seed0.get(loss, [])) for loss in PAIR]
     print("\n### 50 % of the training data, same steps (seed 0, last evaluation)\n\n" + final_rows(frac_rows))
+    models = [("gdm-aug (seed-0)", loss, seed0.get(loss, [])) for loss in PAIR]
+    for name in ("gdm", "egnn"):
+        runs = load_records(args.study / f"model-{name}")
+        models += [(name, loss, runs.get(loss, [])) for loss in PAIR]
+    print("\n### Other denoisers (seed 0), epoch 4\n\n" + final_rows(models, at_epoch=4.0))
+    print("\n### Other denoisers (seed 0), last evaluation\n\n" + final_rows(models))
     if args.plot:
         plot(curves, args.plot)
     return 0

@@ -36,6 +36,8 @@ def test_qm9_study_report_means_over_seeds_and_pairs_the_losses(tmp_path, capsys
         _write(folder, "mse", [_record("mse", 1.0, mse / 2), _record("mse", 2.0, mse)])
     _write(tmp_path / "seed-2", "energy-exp", [_record("energy:exp", 1.0, 0.1)])  # a seed still running
     _write(tmp_path / "matrix" / "mae", "mae", [_record("mae", 1.0, 0.2)])
+    _write(tmp_path / "model-egnn", "mse", [_record("mse", 1.0, 0.3), _record("mse", 4.0, 0.4)])
+    _write(tmp_path / "model-egnn", "energy-exp", [_record("energy:exp", 1.0, 0.3)])  # still training
     assert report.main([str(tmp_path), "--plot", str(tmp_path / "plot.png")]) == 0
     out = capsys.readouterr().out
     assert "| 2 | energy:exp | 2 | 70.0 ± 10.0 |" in out  # mean ± population std of 60 and 80
@@ -43,6 +45,8 @@ def test_qm9_study_report_means_over_seeds_and_pairs_the_losses(tmp_path, capsys
     assert "| 0 | 2 | 10.0 |" in out and "| 1 | 2 | 30.0 |" in out  # energy - MSE, per seed, at epoch 2
     assert "| mean ± std | | 20.0 ± 10.0 |" in out
     assert "| matrix/mae | mae | 1 | 20.0 |" in out and "| lr 5e-4 | energy:exp | not run |" in out
+    assert "| egnn | mse | 4 | 40.0 |" in out and "| egnn | energy:exp | 1 so far |" in out  # at epoch 4
+    assert "| gdm | mse | not run |" in out
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
@@ -79,3 +83,40 @@ def test_prepared_shell_scripts_parse(script):
         pytest.skip("needs bash")
     out = subprocess.run(["bash", "-n", str(BENCHMARKS / script)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
+    """qm9_cpu_study.sh with PARALLEL=2: a two-loss job gets --jobs 2, one-loss jobs run two at a time with --jobs 1,
+    a failed job makes the exit status 1 without stopping the queue."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None or shutil.which("flock") is None:
+        pytest.skip("needs bash and flock")
+    fake = tmp_path / "bin" / "energyloss"
+    fake.parent.mkdir()
+    log = tmp_path / "calls.log"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "start ${{*: -1}} $*" >> {log}\n'
+        "sleep 0.5\n"
+        '[[ "$*" == *energy:constant* ]] && exit 3\n'
+        f'echo "end ${{*: -1}}" >> {log}\n'
+    )
+    fake.chmod(0o755)
+    env = os.environ | {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "OUT": str(tmp_path / "study"),
+                        "PARALLEL": "2", "JOBS": "seed-0 matrix/mae matrix/energy-constant model-egnn"}  # fmt: skip
+    out = subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "matrix/energy-constant: failed (exit 3)" in out.stdout
+    calls = log.read_text().splitlines()
+    prefix = str(tmp_path / "study") + "/"
+    args = {line.split()[1].removeprefix(prefix): line for line in calls if line.startswith("start")}
+    starts = list(args)
+    assert sorted(starts) == ["matrix/energy-constant", "matrix/mae", "model-egnn", "seed-0"]
+    events = [line.split()[0] + " " + line.split()[1].rsplit("/", 1)[-1] for line in calls]
+    # the two matrix jobs overlap: both start before the first of them ends; model-egnn waits for both
+    assert events.index("start energy-constant") < events.index("end mae")
+    assert events.index("start model-egnn") > events.index("end mae")
+    assert "--jobs 2" in args["seed-0"] and "--jobs 1" in args["matrix/mae"] and "--model egnn" in args["model-egnn"]
+    assert "--losses energy:constant" in args["matrix/energy-constant"]
