@@ -12,9 +12,10 @@ from energyloss.experiments.losses import POSITION_LOSSES, parse_loss_spec
 from energyloss.experiments.shapes.config import PRESETS, ShapesConfig
 from energyloss.experiments.shapes.data import polygon_angles, regular_polygon, sample_shapes
 from energyloss.experiments.shapes.experiment import plan_tasks, select_best
+from energyloss.experiments.shapes.flow import train_flow_group
 from energyloss.experiments.shapes.metrics import distance_rmse, quality_scores, radius_ratio, shape_metrics
 from energyloss.experiments.shapes.models import StackedAdam, StackedMLP
-from energyloss.experiments.shapes.train import ModelSpec, make_shape_loss, train_group
+from energyloss.experiments.shapes.train import ModelSpec, guarded_step, make_shape_loss, stack_group, train_group
 
 LOSSES = tuple(POSITION_LOSSES)
 
@@ -331,6 +332,42 @@ def test_train_group_records_and_divergence_guard():
         assert key in records[0]
     assert math.isfinite(records[0]["quality"]) and not records[0]["diverged"]
     assert set(figure) == {0} and torch.tensor(figure[0]).shape == (2, 6, 2)
+
+
+def test_guarded_step_freezes_a_model_whose_loss_is_not_finite():
+    weight = torch.ones(3, 2, requires_grad=True)  # one row per model
+    opt = StackedAdam([weight], lr=[0.1, 0.1, 0.1])
+    alive = torch.ones(3, dtype=torch.bool)
+    per_model = (weight**2).sum(1) * torch.tensor([1.0, float("nan"), 1.0])
+    used = guarded_step(per_model, alive, opt)
+    assert alive.tolist() == [True, False, True] and used[1] == 0 and torch.isfinite(used).all()
+    assert opt.lr[1] == 0 and (opt.lr[[0, 2]] > 0).all()
+    live = weight.detach()[[0, 2]]
+    assert torch.isfinite(live).all() and (live < 1).all()  # the live models stepped, untouched by the NaN
+    guarded_step((weight.detach() ** 2).sum(1).requires_grad_(), alive, opt)  # a finite loss later: still frozen
+    assert alive.tolist() == [True, False, True] and opt.lr[1] == 0
+
+
+def test_stack_group_names_what_is_missing_and_both_trainers_check_it():
+    train, val, test = _tiny_sets()
+    specs = [ModelSpec(0.0, 1e-3, 0), ModelSpec(0.0, 1e-3, 1)]
+    with pytest.raises(ValueError, match=r"no training set for seeds \[1\]"):
+        stack_group(specs, train, 64, torch.device("cpu"))
+    with pytest.raises(ValueError, match="same size"):
+        stack_group(
+            specs,
+            {0: train[0], 1: sample_shapes(128, generator=torch.Generator().manual_seed(1))},
+            64,
+            torch.device("cpu"),
+        )
+    for trainer in (train_group, train_flow_group):  # the flow trainer raised a bare KeyError before
+        with pytest.raises(ValueError, match="no training set"):
+            trainer("mse", 5, specs, train_sets=train, val=val, test=test, epochs=1, batch_size=64)
+    group = stack_group(specs[:1], train, 64, torch.device("cpu"))
+    batches = list(group.batches(2, 64))
+    assert group.steps_per_epoch == 4 and [b[0] for b in batches] == list(range(8))
+    radii = torch.cat([b[1][0] for b in batches[: group.steps_per_epoch]])
+    assert torch.equal(radii.sort().values, train[0].radius.sort().values)  # 4 whole batches: one permutation
 
 
 def test_select_best_by_mean_validation_metric():

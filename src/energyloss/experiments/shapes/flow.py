@@ -14,7 +14,6 @@ matching. Samples are drawn by Euler integration of :math:`dx/dt = \hat u` from 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -26,9 +25,8 @@ from energyloss.experiments.losses import LossSpec, parse_loss_spec
 from energyloss.experiments.runs import live_bars, progress
 
 from .data import ShapeData, regular_polygon
-from .metrics import shape_metrics
 from .models import StackedAdam, StackedMLP
-from .train import ModelSpec, make_shape_loss, seed_of, spec_fields
+from .train import ModelSpec, evaluate_models, group_record, guarded_step, make_shape_loss, seed_of, stack_group
 
 __all__ = ["sample_flow", "train_flow_group"]
 
@@ -104,19 +102,10 @@ def train_flow_group(
         return [], {}
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min}")
-    seeds = sorted({s.seed for s in specs})
-    n_train = len(train_sets[seeds[0]])
-    steps_per_epoch = n_train // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
-    m_count = len(specs)
     device = torch.device(device)
-    seed_row = torch.tensor([seeds.index(s.seed) for s in specs], device=device)
-    radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)
-    u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
-    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)
-    order_gens = [torch.Generator().manual_seed(seed_of(s, "batch-order")) for s in seeds]
-    noise_gens = [torch.Generator().manual_seed(seed_of(s, "flow-noise")) for s in seeds]
+    group = stack_group(specs, train_sets, batch_size, device)
+    m_count = group.m_count
+    noise_gens = [torch.Generator().manual_seed(seed_of(s, "flow-noise")) for s in group.seeds]
     loss = parse_loss_spec(loss)
     graph_gen = torch.Generator().manual_seed(seed_of(loss.name, loss.coefficients, n_vertices, "flow-graphs"))
     per_structure = make_shape_loss(loss, pool=pool, generator=graph_gen)
@@ -133,15 +122,10 @@ def train_flow_group(
     alive = torch.ones(m_count, dtype=torch.bool, device=device)
     last_epoch_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
     start = time.perf_counter()
-    perms = None
-    total = epochs * steps_per_epoch
-    for step in progress(range(total), desc=desc, total=total, disable=not (desc and live_bars())):
-        k = step % steps_per_epoch
-        if k == 0:
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens]).to(device)
-        idx = perms[:, k * batch_size : (k + 1) * batch_size][seed_row]
-        radius = torch.gather(radius_all[seed_row], 1, idx)
-        x0 = regular_polygon(radius, n_vertices, rotation=torch.gather(u_all[seed_row], 1, idx) * theta)
+    total = epochs * group.steps_per_epoch
+    batches = group.batches(epochs, batch_size)
+    for step, radius, rotation in progress(batches, desc=desc, total=total, disable=not (desc and live_bars())):
+        x0 = regular_polygon(radius, n_vertices, rotation=rotation)
         draws = [
             (
                 noise_scale * torch.randn(batch_size, n_vertices, 2, generator=g),
@@ -149,8 +133,8 @@ def train_flow_group(
             )
             for g in noise_gens
         ]
-        noise = torch.stack([d[0] for d in draws]).to(device)[seed_row]  # (M, B, N, 2)
-        t = torch.stack([d[1] for d in draws]).to(device)[seed_row]  # (M, B)
+        noise = torch.stack([d[0] for d in draws]).to(device)[group.seed_row]  # (M, B, N, 2)
+        t = torch.stack([d[1] for d in draws]).to(device)[group.seed_row]  # (M, B)
         xt = flow_matching_interpolate(x0.flatten(0, 1), noise.flatten(0, 1), t.flatten()).view_as(x0)
         v = _velocity(mlp, xt, t, radius)
         alive &= torch.isfinite(v.detach()).flatten(1).all(1)
@@ -158,17 +142,9 @@ def train_flow_group(
         per_model = flow_matching_loss(
             sample_loss, v.flatten(0, 1), xt.flatten(0, 1), x0.flatten(0, 1), t.flatten(), reduction="none"
         )
-        per_model = per_model.view(m_count, batch_size).mean(1)
-        finite = torch.isfinite(per_model.detach())
-        if not bool(finite.all()):
-            alive &= finite
-            per_model = torch.where(finite, per_model, torch.zeros_like(per_model))
-        opt.lr = torch.where(alive, opt.lr, torch.zeros_like(opt.lr))
-        opt.zero_grad()
-        per_model.sum().backward()
-        opt.step()
-        if step // steps_per_epoch == epochs - 1:
-            last_epoch_loss += per_model.detach().double() / steps_per_epoch
+        per_model = guarded_step(per_model.view(m_count, batch_size).mean(1), alive, opt)
+        if step // group.steps_per_epoch == epochs - 1:
+            last_epoch_loss += per_model.detach().double() / group.steps_per_epoch
     seconds = time.perf_counter() - start
 
     sample_gen = torch.Generator().manual_seed(seed_of("flow-samples"))
@@ -177,36 +153,26 @@ def train_flow_group(
         samples = sample_flow(
             mlp, data.radius, n_vertices, steps=sample_steps, generator=sample_gen, noise_scale=noise_scale
         )
-        target = regular_polygon(data.radius, n_vertices)
-        results[name] = [
-            shape_metrics(
-                samples[m] if bool(alive[m].cpu()) else torch.full_like(samples[m], math.nan), target, data.radius
-            )
-            for m in range(m_count)
-        ]
-    records = []
-    for m, spec in enumerate(specs):
-        records.append(
-            {
-                "task": "flow_matching",
-                **spec_fields(loss),
-                "theta_aug": spec.theta_aug,
-                "theta_aug_over_pi": spec.theta_aug / math.pi,
-                "n_vertices": n_vertices,
-                "seed": spec.seed,
-                "lr": spec.lr,
-                **results["test"][m],
-                **{f"val_{k}": v for k, v in results["val"][m].items()},
-                "train_loss": float(last_epoch_loss[m]) if bool(alive[m]) else math.nan,
-                "diverged": not bool(alive[m]),
-                "epochs": epochs,
-                "n_train": n_train,
-                "batch_size": batch_size,
-                "sample_steps": sample_steps,
-                "noise_scale": noise_scale,
-                "train_seconds": seconds / m_count,
-            }
+        results[name] = evaluate_models(samples, data.radius, n_vertices, alive)
+    records = [
+        group_record(
+            "flow_matching",
+            loss,
+            spec,
+            n_vertices,
+            results["test"][m],
+            results["val"][m],
+            last_epoch_loss[m],
+            alive[m],
+            epochs=epochs,
+            n_train=group.n_train,
+            batch_size=batch_size,
+            sample_steps=sample_steps,
+            noise_scale=noise_scale,
+            train_seconds=seconds / m_count,
         )
+        for m, spec in enumerate(specs)
+    ]
     figure = {}
     if figure_radius is not None and figure_specs:
         samples = sample_flow(

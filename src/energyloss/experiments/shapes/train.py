@@ -24,7 +24,19 @@ from .data import ShapeData, regular_polygon
 from .metrics import shape_metrics
 from .models import StackedAdam, StackedMLP
 
-__all__ = ["ModelSpec", "make_shape_loss", "predict", "seed_of", "spec_fields", "train_group"]
+__all__ = [
+    "ModelSpec",
+    "StackedGroup",
+    "evaluate_models",
+    "group_record",
+    "guarded_step",
+    "make_shape_loss",
+    "predict",
+    "seed_of",
+    "spec_fields",
+    "stack_group",
+    "train_group",
+]
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,125 @@ def predict(mlp: StackedMLP, radius: Tensor, n_vertices: int, *, chunk: int = 40
     return torch.cat(outs, dim=1).cpu()
 
 
-def _evaluate(pred: Tensor, radius: Tensor, n_vertices: int, alive: Tensor) -> list[dict[str, float]]:
+@dataclass(frozen=True)
+class StackedGroup:
+    """The training data of a group, stacked over its seeds, and where each model finds its own.
+
+    A model with seed ``s`` sees the training set of seed ``s`` in the batch order of seed ``s``
+    (``seed_of(s, "batch-order")``), whatever its loss, angle or learning rate.
+    """
+
+    seeds: list[int]
+    seed_row: Tensor  # (M,) long: each model's row in the stacked tensors
+    radius: Tensor  # (S, n_train)
+    u: Tensor  # (S, n_train) the uniform draws that, times each model's angle, rotate the shapes
+    theta: Tensor  # (M, 1) each model's augmentation angle
+    n_train: int
+    steps_per_epoch: int
+
+    @property
+    def m_count(self) -> int:
+        return int(self.seed_row.shape[0])
+
+    def batches(self, epochs: int, batch_size: int):
+        """``(step, radius (M, B), rotation (M, B))`` for every step of ``epochs`` epochs (the last partial batch of
+        an epoch dropped); each epoch draws a new order per seed, at its first step."""
+        order_gens = [torch.Generator().manual_seed(seed_of(s, "batch-order")) for s in self.seeds]
+        device = self.radius.device
+        perms = None
+        for step in range(epochs * self.steps_per_epoch):
+            k = step % self.steps_per_epoch
+            if k == 0:
+                perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in order_gens]).to(device)
+            idx = perms[:, k * batch_size : (k + 1) * batch_size][self.seed_row]  # (M, B)
+            radius = torch.gather(self.radius[self.seed_row], 1, idx)
+            yield step, radius, torch.gather(self.u[self.seed_row], 1, idx) * self.theta
+
+
+def stack_group(
+    specs: Sequence[ModelSpec], train_sets: dict[int, ShapeData], batch_size: int, device: torch.device
+) -> StackedGroup:
+    """Stack the training sets of the seeds of ``specs`` on ``device``; errors name what is missing or unequal.
+
+    Example:
+        >>> from energyloss.experiments.shapes.data import sample_shapes
+        >>> data = {s: sample_shapes(10, generator=torch.Generator().manual_seed(s)) for s in (0, 1)}
+        >>> group = stack_group([ModelSpec(0.0, 1e-2, 1), ModelSpec(1.0, 1e-2, 0)], data, 4, torch.device("cpu"))
+        >>> group.seed_row.tolist(), group.steps_per_epoch, [b[1].shape for b in group.batches(1, 4)]
+        ([1, 0], 2, [torch.Size([2, 4]), torch.Size([2, 4])])
+    """
+    seeds = sorted({s.seed for s in specs})
+    missing = [s for s in seeds if s not in train_sets]
+    if missing:
+        raise ValueError(f"train_sets has no training set for seeds {missing}")
+    n_train = len(train_sets[seeds[0]])
+    if any(len(train_sets[s]) != n_train for s in seeds):
+        raise ValueError("all training sets of a group must have the same size")
+    steps_per_epoch = n_train // batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
+    radius = torch.stack([train_sets[s].radius for s in seeds]).to(device)
+    return StackedGroup(
+        seeds=seeds,
+        seed_row=torch.tensor([seeds.index(s.seed) for s in specs], device=device),
+        radius=radius,
+        u=torch.stack([train_sets[s].u for s in seeds]).to(device),
+        theta=torch.tensor([s.theta_aug for s in specs], dtype=radius.dtype, device=device).unsqueeze(-1),
+        n_train=n_train,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def guarded_step(per_model: Tensor, alive: Tensor, opt: StackedAdam) -> Tensor:
+    """One step of the stacked optimiser on the per-model losses ``(M,)``; returns the losses it stepped on.
+
+    A model whose loss is not finite is frozen from this step on: ``alive`` (``(M,)`` bool) is cleared for it in
+    place, its loss counts as 0 and its learning rate is set to 0 (and stays so for every model ``alive`` marks
+    dead).
+    """
+    finite = torch.isfinite(per_model.detach())
+    if not bool(finite.all()):
+        alive &= finite
+        per_model = torch.where(finite, per_model, torch.zeros_like(per_model))
+    opt.lr = torch.where(alive, opt.lr, torch.zeros_like(opt.lr))
+    opt.zero_grad()
+    per_model.sum().backward()
+    opt.step()
+    return per_model
+
+
+def group_record(
+    task: str,
+    loss: LossSpec,
+    spec: ModelSpec,
+    n_vertices: int,
+    test_metrics: dict,
+    val_metrics: dict,
+    train_loss: Tensor,
+    alive: Tensor,
+    **run: object,
+) -> dict:
+    """The record of one model of a group: its loss, angle, seed and rate, test and ``val_`` metrics, its mean loss
+    over the last epoch (NaN when it diverged) and the run's settings ``run`` (in the order given)."""
+    return {
+        "task": task,
+        **spec_fields(loss),
+        "theta_aug": spec.theta_aug,
+        "theta_aug_over_pi": spec.theta_aug / math.pi,
+        "n_vertices": n_vertices,
+        "seed": spec.seed,
+        "lr": spec.lr,
+        **test_metrics,
+        **{f"val_{k}": v for k, v in val_metrics.items()},
+        "train_loss": float(train_loss) if bool(alive) else math.nan,
+        "diverged": not bool(alive),
+        **run,
+    }
+
+
+def evaluate_models(pred: Tensor, radius: Tensor, n_vertices: int, alive: Tensor) -> list[dict[str, float]]:
+    """The metrics of every model's shapes ``pred (M, S, N, 2)`` for the radii ``radius (S,)``: one dict per model;
+    a model that ``alive (M,)`` marks diverged scores as all-NaN shapes."""
     target = regular_polygon(radius, n_vertices)  # the metrics are rotation invariant: no need for the angles
     alive = alive.cpu()
     out = []
@@ -159,88 +289,51 @@ def train_group(
     """
     if not specs:
         return [], {}
-    seeds = sorted({s.seed for s in specs})
-    missing = [s for s in seeds if s not in train_sets]
-    if missing:
-        raise ValueError(f"train_sets has no training set for seeds {missing}")
-    n_train = len(train_sets[seeds[0]])
-    if any(len(train_sets[s]) != n_train for s in seeds):
-        raise ValueError("all training sets of a group must have the same size")
-    steps_per_epoch = n_train // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size ({batch_size}) must not exceed the training set size ({n_train})")
-
-    m_count = len(specs)
     device = torch.device(device)
-    seed_row = torch.tensor([seeds.index(s.seed) for s in specs], device=device)
-    radius_all = torch.stack([train_sets[s].radius for s in seeds]).to(device)  # (S, n_train)
-    u_all = torch.stack([train_sets[s].u for s in seeds]).to(device)
-    theta = torch.tensor([s.theta_aug for s in specs], dtype=radius_all.dtype, device=device).unsqueeze(-1)  # (M, 1)
-    order_gens = [torch.Generator().manual_seed(seed_of(s, "batch-order")) for s in seeds]
+    group = stack_group(specs, train_sets, batch_size, device)
     loss = parse_loss_spec(loss)
     graph_gen = torch.Generator().manual_seed(seed_of(loss.name, loss.coefficients, n_vertices, "graphs"))
     loss_fn = make_shape_loss(loss, pool=pool, generator=graph_gen)
 
     mlp = StackedMLP((1, *hidden, 2 * n_vertices), seeds=[seed_of(s.seed, "init") for s in specs]).to(device)
     opt = StackedAdam(list(mlp.parameters()), lr=[s.lr for s in specs])
-    alive = torch.ones(m_count, dtype=torch.bool, device=device)
-    last_epoch_loss = torch.zeros(m_count, dtype=torch.float64, device=device)
+    alive = torch.ones(group.m_count, dtype=torch.bool, device=device)
+    last_epoch_loss = torch.zeros(group.m_count, dtype=torch.float64, device=device)
 
     start = time.perf_counter()
-    total = epochs * steps_per_epoch
-    bar = progress(range(total), desc=desc, total=total, disable=not (desc and live_bars()))
-    perms = None
-    for step in bar:
-        k = step % steps_per_epoch
-        if k == 0:
-            perms = torch.stack([torch.randperm(n_train, generator=g) for g in order_gens]).to(device)  # (S, n_train)
-            if step // steps_per_epoch == epochs - 1:
-                last_epoch_loss.zero_()
-        idx = perms[:, k * batch_size : (k + 1) * batch_size][seed_row]  # (M, B)
-        radius = torch.gather(radius_all[seed_row], 1, idx)
-        rotation = torch.gather(u_all[seed_row], 1, idx) * theta
+    total = epochs * group.steps_per_epoch
+    batches = group.batches(epochs, batch_size)
+    for step, radius, rotation in progress(batches, desc=desc, total=total, disable=not (desc and live_bars())):
         target = regular_polygon(radius, n_vertices, rotation=rotation)  # (M, B, N, 2)
-        pred = mlp(radius.unsqueeze(-1)).view(m_count, batch_size, n_vertices, 2)
+        pred = mlp(radius.unsqueeze(-1)).view(group.m_count, batch_size, n_vertices, 2)
         alive &= torch.isfinite(pred.detach()).flatten(1).all(1)
         # A diverged model is frozen: its prediction is replaced by the target (zero loss) and its rate set to 0.
         pred = torch.where(alive.view(-1, 1, 1, 1), pred, target)
-        per_model = loss_fn(pred.flatten(0, 1), target.flatten(0, 1)).view(m_count, batch_size).mean(1)
-        finite = torch.isfinite(per_model.detach())
-        if not bool(finite.all()):
-            alive &= finite
-            per_model = torch.where(finite, per_model, torch.zeros_like(per_model))
-        opt.lr = torch.where(alive, opt.lr, torch.zeros_like(opt.lr))
-        opt.zero_grad()
-        per_model.sum().backward()
-        opt.step()
-        if step // steps_per_epoch == epochs - 1:
-            last_epoch_loss += per_model.detach().double() / steps_per_epoch
+        per_model = loss_fn(pred.flatten(0, 1), target.flatten(0, 1)).view(group.m_count, batch_size).mean(1)
+        per_model = guarded_step(per_model, alive, opt)
+        if step // group.steps_per_epoch == epochs - 1:
+            last_epoch_loss += per_model.detach().double() / group.steps_per_epoch
     seconds = time.perf_counter() - start
 
-    val_pred = predict(mlp, val.radius, n_vertices)
-    test_pred = predict(mlp, test.radius, n_vertices)
-    val_metrics = _evaluate(val_pred, val.radius, n_vertices, alive)
-    test_metrics = _evaluate(test_pred, test.radius, n_vertices, alive)
-    records = []
-    for m, spec in enumerate(specs):
-        rec = {
-            "task": "regression",
-            **spec_fields(loss),
-            "theta_aug": spec.theta_aug,
-            "theta_aug_over_pi": spec.theta_aug / math.pi,
-            "n_vertices": n_vertices,
-            "seed": spec.seed,
-            "lr": spec.lr,
-            **test_metrics[m],
-            **{f"val_{k}": v for k, v in val_metrics[m].items()},
-            "train_loss": float(last_epoch_loss[m]) if bool(alive[m]) else float("nan"),
-            "diverged": not bool(alive[m]),
-            "epochs": epochs,
-            "n_train": n_train,
-            "batch_size": batch_size,
-            "train_seconds": seconds / m_count,
-        }
-        records.append(rec)
+    val_metrics = evaluate_models(predict(mlp, val.radius, n_vertices), val.radius, n_vertices, alive)
+    test_metrics = evaluate_models(predict(mlp, test.radius, n_vertices), test.radius, n_vertices, alive)
+    records = [
+        group_record(
+            "regression",
+            loss,
+            spec,
+            n_vertices,
+            test_metrics[m],
+            val_metrics[m],
+            last_epoch_loss[m],
+            alive[m],
+            epochs=epochs,
+            n_train=group.n_train,
+            batch_size=batch_size,
+            train_seconds=seconds / group.m_count,
+        )
+        for m, spec in enumerate(specs)
+    ]
     figure = {}
     if figure_radius is not None and figure_specs:
         fig_pred = predict(mlp, figure_radius, n_vertices)
