@@ -231,6 +231,15 @@ def test_missing_cache_is_built(tmp_path, synthetic):
     qm9.verify_cache(qm9.cache_path(tmp_path / "cache"))
 
 
+def test_unwritable_cache_folder_fails_before_the_build(tmp_path, synthetic, monkeypatch):
+    _, folder = synthetic
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(qm9, "_build", lambda *a: pytest.fail("built before checking the cache folder"))
+    with pytest.raises(OSError, match=r"cannot create the cache folder .*file.qm9"):
+        qm9.prepare_qm9(cache_dir=blocker, source="qm9pack", source_dir=folder, n_train=20, progress=False)
+
+
 def test_corrupt_cache_is_reported_or_rebuilt(tmp_path, synthetic):
     _, folder = synthetic
     path = _prepare(tmp_path, folder)

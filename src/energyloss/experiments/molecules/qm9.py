@@ -453,6 +453,10 @@ def prepare_qm9(
                 return path
         except CacheError:
             pass
+    try:  # before the build (seconds to minutes): a folder that cannot be written fails at once
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create the cache folder {path.parent}: {err.strerror or err}") from None
     molecules, source_info = _build(source, source_dir, progress)
     canonical = len(molecules) == N_QM9
     if canonical and int(molecules.num_atoms.max()) > MAX_ATOMS:
@@ -467,7 +471,6 @@ def prepare_qm9(
             "num_atoms": part.num_atoms.to(torch.int16),
             "ids": part.ids.to(torch.int32),
         }
-    path.parent.mkdir(parents=True, exist_ok=True)
     _manifest_path(path).unlink(missing_ok=True)  # a data file without manifest reads as "partial"
     _runs.atomic_save(path, lambda tmp: torch.save(payload, tmp))
     manifest = {
