@@ -140,6 +140,28 @@ def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | Non
     return "\n".join(out)
 
 
+def lr_choice(lr_rows: list[tuple[str, str, list[dict]]], *, at_epoch: float = 4.0) -> str:
+    """One line per loss: the learning rate with the highest atom stability at ``at_epoch`` (validity breaks ties),
+    once every rate of the check has reached it."""
+    lines = []
+    for loss in PAIR:
+        scored = []
+        for label, row_loss, records in lr_rows:
+            if row_loss != loss:
+                continue
+            pick = next((r for r in records if abs(r["epoch"] - at_epoch) < 1e-6), None)
+            scored.append((label, pick))
+        if not scored or any(pick is None for _, pick in scored):
+            lines.append(f"- {loss}: not every rate has reached epoch {at_epoch:g} yet")
+            continue
+        label, best = max(scored, key=lambda item: (item[1]["atom_stability"], item[1]["validity"]))
+        lines.append(
+            f"- {loss}: best {label} at epoch {at_epoch:g} ({100 * best['atom_stability']:.1f} % atom stability,"
+            f" {100 * best['validity']:.1f} % valid)"
+        )
+    return "\n" + "\n".join(lines)
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -186,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for loss in PAIR:
             lr_rows.append((f"lr {lr}", loss, runs.get(loss, [])))
     print("\n### Learning-rate check (seed 0, epoch 4)\n\n" + final_rows(lr_rows, at_epoch=4.0))
+    print(lr_choice(lr_rows))
     matrix = [("seed-0", loss, seed0.get(loss, [])) for loss in PAIR]
     for folder in sorted((args.study / "matrix").glob("*")) if (args.study / "matrix").is_dir() else []:
         for loss, records in load_records(folder).items():

@@ -47,6 +47,14 @@ def test_qm9_study_report_means_over_seeds_and_pairs_the_losses(tmp_path, capsys
     assert "| matrix/mae | mae | 1 | 20.0 |" in out and "| lr 5e-4 | energy:exp | not run |" in out
     assert "| egnn | mse | 4 | 40.0 |" in out and "| egnn | energy:exp | 1 so far |" in out  # at epoch 4
     assert "| gdm | mse | not run |" in out
+    assert "- mse: not every rate has reached epoch 4 yet" in out
+    lr_rows = [
+        (f"lr {lr}", "mse", [_record("mse", 4.0, atom)]) for lr, atom in (("5e-4", 0.3), ("1e-3", 0.5), ("2e-3", 0.4))
+    ]
+    lr_rows += [(f"lr {lr}", "energy:exp", [_record("energy:exp", 4.0, 0.6)]) for lr in ("5e-4", "1e-3")]
+    choice = report.lr_choice(lr_rows)
+    assert "- mse: best lr 1e-3 at epoch 4 (50.0 % atom stability" in choice
+    assert "- energy:exp: best lr 5e-4" in choice  # a tie on both metrics: the first rate
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
