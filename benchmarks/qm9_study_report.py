@@ -121,6 +121,11 @@ def seeds_table(study: Path) -> tuple[str, dict]:
     return text, curves
 
 
+def record_at(records: list[dict], epoch: float) -> dict | None:
+    """The record of the evaluation at ``epoch``, or ``None`` if the run has not reached it."""
+    return next((r for r in records if abs(r["epoch"] - epoch) < 1e-6), None)
+
+
 def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | None = None) -> str:
     """One row per ``(label, loss, records)``: the record at ``at_epoch`` (default the last) and how far it got."""
     out = ["| run | loss | epoch | " + " | ".join(label for _, label, _ in METRICS) + " |",
@@ -128,7 +133,7 @@ def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | Non
     for label, loss, records in rows:
         pick = records[-1] if records else None
         if at_epoch is not None:
-            pick = next((r for r in records if abs(r["epoch"] - at_epoch) < 1e-6), None)
+            pick = record_at(records, at_epoch)
         if pick is None:
             reached = f"{records[-1]['epoch']:g} so far" if records else "not run"
             out.append(f"| {label} | {loss} | {reached} |" + " |" * len(METRICS))
@@ -150,8 +155,7 @@ def lr_choice(lr_rows: list[tuple[str, str, list[dict]]], *, at_epoch: float = 4
         for label, row_loss, records in lr_rows:
             if row_loss != loss:
                 continue
-            pick = next((r for r in records if abs(r["epoch"] - at_epoch) < 1e-6), None)
-            scored.append((label, pick))
+            scored.append((label, record_at(records, at_epoch)))
         if not scored or any(pick is None for _, pick in scored):
             lines.append(f"- {loss}: not every rate has reached epoch {at_epoch:g} yet")
             continue
