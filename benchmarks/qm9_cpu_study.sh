@@ -17,6 +17,13 @@
 #
 #   nohup bash benchmarks/qm9_cpu_study.sh > runs/qm9-study.log 2>&1 &        # a second copy: -> qm9-study-2.log
 #
+# LR=2e-3 trains every job but the lr-* checks at that learning rate instead of the preset's 1e-3, into
+# runs/qm9-study-lr2e-3 unless OUT is given (the seeds and the matrix at the rate the check picked).
+#
+# Each finished job's small records (<loss-tag>/metrics.json and config.json, a few kB; not the checkpoints) are
+# copied to ARCHIVE/<name of OUT>/<job>/ (default docs/results/qm9/cpu-study; ARCHIVE= turns it off), so that the
+# tables can be rebuilt by qm9_study_report.py from what is committed after the run folders are gone.
+#
 # JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 keeps two training processes busy: a job with
 # two losses trains them at once (energyloss run qm9 --jobs 2; the same numbers as one after the other), and jobs
 # of one loss (the matrix) run two at a time.
@@ -24,10 +31,12 @@ set -uo pipefail
 command -v energyloss > /dev/null || { echo "energyloss is not on PATH: activate the environment (source .venv/bin/activate)"; exit 2; }
 code=$(python -c "import energyloss, os; print(os.path.dirname(energyloss.__file__))")
 echo "code: $code $(git -C "$code" rev-parse --short HEAD)"
-OUT=${OUT:-runs/qm9-study}
+LR=${LR:-}
+OUT=${OUT:-runs/qm9-study${LR:+-lr$LR}}
+ARCHIVE=${ARCHIVE-$(dirname "$0")/../docs/results/qm9/cpu-study}
 THREADS=${THREADS:-1}
 PARALLEL=${PARALLEL:-1}
-common=(--preset default --threads "$THREADS" --no-progress)
+common=(--preset default --threads "$THREADS" --no-progress ${LR:+--lr "$LR"})  # an lr-* job's own --lr comes later
 MATRIX=(mae kabsch_mse sparse_energy:exp energy:constant energy:inverse energy:inverse_square)
 
 job_args() {  # the arguments of one job, after the common ones
@@ -60,8 +69,18 @@ run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or t
     elif [[ $rc != 0 ]]; then
         echo "== $job: failed (exit $rc)"
         return 1
+    elif [[ -n $ARCHIVE ]]; then
+        archive_job "$job"
     fi
     return 0
+}
+archive_job() {  # copy a finished job's metrics.json and config.json files to ARCHIVE/<name of OUT>/<job>/
+    local job=$1 src dest
+    for src in "$OUT/$job"/*/; do
+        dest="$ARCHIVE/$(basename "$OUT")/$job/$(basename "$src")"
+        mkdir -p "$dest" && cp "$src"/metrics.json "$src"/config.json "$dest"/ 2> /dev/null
+    done
+    echo "== $job: records copied to $ARCHIVE/$(basename "$OUT")/$job"
 }
 background=0  # single-loss jobs running in the background (at most PARALLEL)
 for job in "${jobs[@]}"; do

@@ -128,3 +128,44 @@ def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
     assert events.index("start model-egnn") > events.index("end mae")
     assert "--jobs 2" in args["seed-0"] and "--jobs 1" in args["matrix/mae"] and "--model egnn" in args["model-egnn"]
     assert "--losses energy:constant" in args["matrix/energy-constant"]
+
+
+def test_study_queue_lr_override_and_record_archive(tmp_path):
+    """LR=2e-3 adds --lr 2e-3 to every job (an lr-* job's own --lr comes after it, so it wins), the default output
+    folder names the rate, and each finished job's metrics.json and config.json (not its checkpoint) are copied to
+    ARCHIVE/<output folder name>/<job>/<loss tag>/; a failed job is not copied."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("bash") is None or shutil.which("flock") is None:
+        pytest.skip("needs bash and flock")
+    fake = tmp_path / "bin" / "energyloss"
+    fake.parent.mkdir()
+    log = tmp_path / "calls.log"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {log}\n'
+        'out="${*: -1}/mse"; mkdir -p "$out"\n'
+        'echo "{}" > "$out/metrics.json"; echo "{}" > "$out/config.json"; echo x > "$out/checkpoint.pt"\n'
+        '[[ "$*" == *energy:constant* ]] && exit 3\n'
+        "exit 0\n"
+    )
+    fake.chmod(0o755)
+    archive = tmp_path / "archive"
+    env = os.environ | {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "LR": "2e-3",
+                        "ARCHIVE": str(archive), "JOBS": "seed-0 lr-4e-3 matrix/energy-constant"}  # fmt: skip
+    env.pop("OUT", None)
+    script = BENCHMARKS / "qm9_cpu_study.sh"
+    out = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    calls = {line.split()[-1].split("/")[-1]: line for line in log.read_text().splitlines()}
+    assert "--lr 2e-3" in calls["seed-0"] and "--out runs/qm9-study-lr2e-3/seed-0" in calls["seed-0"]
+    assert calls["lr-4e-3"].index("--lr 2e-3") < calls["lr-4e-3"].index("--lr 4e-3")
+    copied = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file())
+    assert copied == [
+        "qm9-study-lr2e-3/lr-4e-3/mse/config.json",
+        "qm9-study-lr2e-3/lr-4e-3/mse/metrics.json",
+        "qm9-study-lr2e-3/seed-0/mse/config.json",
+        "qm9-study-lr2e-3/seed-0/mse/metrics.json",
+    ]
