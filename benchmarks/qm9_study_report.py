@@ -6,7 +6,7 @@ Reads the run folders that ``benchmarks/qm9_cpu_study.sh`` writes (``seed-S/``, 
 1. MSE vs energy(exp) over the seeds: mean ± std (population, over the seeds that reached the epoch; ``n`` says
    how many) of atom stability, molecule stability, validity, uniqueness and the nearest-neighbour-distance W1 at
    every evaluation, and the per-seed difference energy - MSE at the last one;
-2. the learning-rate check (4 epochs, seed 0: lr 5e-4, 1e-3 from ``seed-0`` at epoch 4, 2e-3, 4e-3) and the rate
+2. the learning-rate check (4 epochs, seed 0: lr 5e-4, 1e-3 from ``seed-0`` at epoch 4, 2e-3, 4e-3, 8e-3) and the rate
    it picks per loss;
 3. the one-seed matrix (MAE, Kabsch, sparse energy, the four coefficient schemes) beside seed 0's MSE / energy;
 4. 50 % of the training data, same steps;
@@ -208,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     print("### MSE vs energy(exp), over seeds\n\n" + text)
     seed0 = load_records(args.study / "seed-0")
     lr_rows = []
-    for lr, folder in (("5e-4", "lr-5e-4"), ("1e-3", "seed-0"), ("2e-3", "lr-2e-3"), ("4e-3", "lr-4e-3")):
+    for lr, folder in (
+        ("5e-4", "lr-5e-4"),
+        ("1e-3", "seed-0"),
+        ("2e-3", "lr-2e-3"),
+        ("4e-3", "lr-4e-3"),
+        ("8e-3", "lr-8e-3"),
+    ):
         runs = load_records(args.study / folder)
         for loss in PAIR:
             lr_rows.append((f"lr {lr}", loss, runs.get(loss, [])))
