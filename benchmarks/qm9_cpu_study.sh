@@ -78,7 +78,7 @@ archive_job() {  # copy a finished job's metrics.json and config.json files to A
     local job=$1 src dest
     for src in "$OUT/$job"/*/; do
         dest="$ARCHIVE/$(basename "$OUT")/$job/$(basename "$src")"
-        mkdir -p "$dest" && cp "$src"/metrics.json "$src"/config.json "$dest"/ 2> /dev/null
+        mkdir -p "$dest" && cp "$src"/metrics.json "$src"/config.json "$dest"/
     done
     echo "== $job: records copied to $ARCHIVE/$(basename "$OUT")/$job"
 }

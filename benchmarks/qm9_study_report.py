@@ -167,6 +167,17 @@ def lr_choice(lr_rows: list[tuple[str, str, list[dict]]], *, at_epoch: float = 4
     return "\n" + "\n".join(lines)
 
 
+def seed0_lr(study: Path) -> str:
+    """The learning rate of ``seed-0`` as the lr check labels it: from its config.json (a study run with ``LR=``
+    trains seed 0 at that rate), else the ``default`` preset's 1e-3."""
+    for path in sorted((study / "seed-0").glob("*/config.json")):
+        try:
+            return np.format_float_scientific(json.loads(path.read_text())["lr"], trim="-", exp_digits=1)
+        except (OSError, ValueError, KeyError):
+            continue
+    return "1e-3"
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     lr_rows = []
     for lr, folder in (
         ("5e-4", "lr-5e-4"),
-        ("1e-3", "seed-0"),
+        (seed0_lr(args.study), "seed-0"),
         ("2e-3", "lr-2e-3"),
         ("4e-3", "lr-4e-3"),
         ("8e-3", "lr-8e-3"),

@@ -93,27 +93,36 @@ def test_prepared_shell_scripts_parse(script):
     assert out.returncode == 0, out.stderr
 
 
-def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
-    """qm9_cpu_study.sh with PARALLEL=2: a two-loss job gets --jobs 2, one-loss jobs run two at a time with --jobs 1,
-    a failed job makes the exit status 1 without stopping the queue."""
+def _fake_energyloss(tmp_path, body: str) -> str:
+    """An ``energyloss`` bash script with ``body`` in tmp_path/bin (skips without bash and flock, which the study
+    queue needs); returns a PATH that finds it first."""
     import os
     import shutil
-    import subprocess
 
     if shutil.which("bash") is None or shutil.which("flock") is None:
         pytest.skip("needs bash and flock")
     fake = tmp_path / "bin" / "energyloss"
     fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\n" + body)
+    fake.chmod(0o755)
+    return f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
+    """qm9_cpu_study.sh with PARALLEL=2: a two-loss job gets --jobs 2, one-loss jobs run two at a time with --jobs 1,
+    a failed job makes the exit status 1 without stopping the queue."""
+    import os
+    import subprocess
+
     log = tmp_path / "calls.log"
-    fake.write_text(
-        "#!/usr/bin/env bash\n"
+    path = _fake_energyloss(
+        tmp_path,
         f'echo "start ${{*: -1}} $*" >> {log}\n'
         "sleep 0.5\n"
         '[[ "$*" == *energy:constant* ]] && exit 3\n'
-        f'echo "end ${{*: -1}}" >> {log}\n'
+        f'echo "end ${{*: -1}}" >> {log}\n',
     )
-    fake.chmod(0o755)
-    env = os.environ | {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "OUT": str(tmp_path / "study"),
+    env = os.environ | {"PATH": path, "OUT": str(tmp_path / "study"),
                         "PARALLEL": "2", "JOBS": "seed-0 matrix/mae matrix/energy-constant model-egnn"}  # fmt: skip
     out = subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "matrix/energy-constant: failed (exit 3)" in out.stdout
@@ -135,25 +144,19 @@ def test_study_queue_lr_override_and_record_archive(tmp_path):
     folder names the rate, and each finished job's metrics.json and config.json (not its checkpoint) are copied to
     ARCHIVE/<output folder name>/<job>/<loss tag>/; a failed job is not copied."""
     import os
-    import shutil
     import subprocess
 
-    if shutil.which("bash") is None or shutil.which("flock") is None:
-        pytest.skip("needs bash and flock")
-    fake = tmp_path / "bin" / "energyloss"
-    fake.parent.mkdir()
     log = tmp_path / "calls.log"
-    fake.write_text(
-        "#!/usr/bin/env bash\n"
+    path = _fake_energyloss(
+        tmp_path,
         f'echo "$*" >> {log}\n'
         'out="${*: -1}/mse"; mkdir -p "$out"\n'
         'echo "{}" > "$out/metrics.json"; echo "{}" > "$out/config.json"; echo x > "$out/checkpoint.pt"\n'
         '[[ "$*" == *energy:constant* ]] && exit 3\n'
-        "exit 0\n"
+        "exit 0\n",
     )
-    fake.chmod(0o755)
     archive = tmp_path / "archive"
-    env = os.environ | {"PATH": f"{fake.parent}{os.pathsep}{os.environ['PATH']}", "LR": "2e-3",
+    env = os.environ | {"PATH": path, "LR": "2e-3",
                         "ARCHIVE": str(archive), "JOBS": "seed-0 lr-4e-3 matrix/energy-constant"}  # fmt: skip
     env.pop("OUT", None)
     script = BENCHMARKS / "qm9_cpu_study.sh"
@@ -169,3 +172,13 @@ def test_study_queue_lr_override_and_record_archive(tmp_path):
         "qm9-study-lr2e-3/seed-0/mse/config.json",
         "qm9-study-lr2e-3/seed-0/mse/metrics.json",
     ]
+
+
+def test_study_report_labels_seed0_by_its_configured_rate(tmp_path):
+    """The lr check's seed-0 row is labelled with the rate of its config.json (a study run with LR=2e-3), and
+    with the default preset's 1e-3 where seed 0 has no config."""
+    report = _script("qm9_study_report")
+    assert report.seed0_lr(tmp_path) == "1e-3"
+    (tmp_path / "seed-0" / "mse").mkdir(parents=True)
+    (tmp_path / "seed-0" / "mse" / "config.json").write_text(json.dumps({"lr": 0.002}))
+    assert report.seed0_lr(tmp_path) == "2e-3"
