@@ -20,6 +20,12 @@
 # LR=2e-3 trains every job but the lr-* checks at that learning rate instead of the preset's 1e-3, into
 # runs/qm9-study-lr2e-3 unless OUT is given (the seeds and the matrix at the rate the check picked).
 #
+# With LR set, seed-0 starts from a copy of the finished lr-<LR> check in CHECKS (default runs/qm9-study): that
+# check is the same run (seed 0, both losses, that rate) stopped at 4 epochs, and continuing a finished run with more
+# epochs gives the longer run's weights bit for bit (tests/test_molecules_train.py::
+# test_a_finished_run_extended_by_epochs_equals_the_longer_run), so 4 epochs of training are not paid twice. Its
+# epoch-4 record is then the check's final evaluation (500 samples instead of 200). CHECKS= turns this off.
+#
 # Each finished job's small records (<loss-tag>/metrics.json and config.json, a few kB; not the checkpoints) are
 # copied to ARCHIVE/<name of OUT>/<job>/ (default docs/results/qm9/cpu-study; ARCHIVE= turns it off), so that the
 # tables can be rebuilt by qm9_study_report.py from what is committed after the run folders are gone.
@@ -34,6 +40,7 @@ echo "code: $code $(git -C "$code" rev-parse --short HEAD)"
 LR=${LR:-}
 OUT=${OUT:-runs/qm9-study${LR:+-lr$LR}}
 ARCHIVE=${ARCHIVE-$(dirname "$0")/../docs/results/qm9/cpu-study}
+CHECKS=${CHECKS-runs/qm9-study}
 THREADS=${THREADS:-1}
 PARALLEL=${PARALLEL:-1}
 common=(--preset default --threads "$THREADS" --no-progress ${LR:+--lr "$LR"})  # an lr-* job's own --lr comes later
@@ -62,6 +69,12 @@ run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or t
     local job=$1; shift
     local lock="$OUT/.locks/${job//\//_}.lock"
     echo "== $job: $(date -Is)"
+    local check="$CHECKS/lr-$LR"
+    if [[ -n $LR && -n $CHECKS && $job == seed-0 && ! -e $OUT/$job && -f $check/summary.md ]]; then
+        # under the job's lock, so that two copies of the queue do not both copy
+        flock -n "$lock" bash -c '[[ -e $2 ]] || cp -a "$1" "$2"' _ "$check" "$OUT/$job" &&
+            [[ -e $OUT/$job ]] && echo "== $job: continues the finished check $check (same run, 4 of its epochs)"
+    fi
     flock -n -E 75 "$lock" energyloss run qm9 "${common[@]}" "$@" --out "$OUT/$job"
     local rc=$?
     if [[ $rc == 75 ]]; then

@@ -142,14 +142,20 @@ def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
 def test_study_queue_lr_override_and_record_archive(tmp_path):
     """LR=2e-3 adds --lr 2e-3 to every job (an lr-* job's own --lr comes after it, so it wins), the default output
     folder names the rate, and each finished job's metrics.json and config.json (not its checkpoint) are copied to
-    ARCHIVE/<output folder name>/<job>/<loss tag>/; a failed job is not copied."""
+    ARCHIVE/<output folder name>/<job>/<loss tag>/; a failed job is not copied. seed-0 starts from a copy of the
+    finished lr-2e-3 check of runs/qm9-study, which stays as it was."""
     import os
     import subprocess
 
-    log = tmp_path / "calls.log"
+    log, seen = tmp_path / "calls.log", tmp_path / "seen.log"
+    check = tmp_path / "runs" / "qm9-study" / "lr-2e-3"
+    (check / "mse").mkdir(parents=True)
+    (check / "summary.md").write_text("done\n")
+    (check / "mse" / "checkpoint.pt").write_text("step 4\n")
     path = _fake_energyloss(
         tmp_path,
         f'echo "$*" >> {log}\n'
+        f'[[ -f "${{*: -1}}/mse/checkpoint.pt" ]] && echo "${{*: -1}} $(cat "${{*: -1}}/mse/checkpoint.pt")" >> {seen}\n'
         'out="${*: -1}/mse"; mkdir -p "$out"\n'
         'echo "{}" > "$out/metrics.json"; echo "{}" > "$out/config.json"; echo x > "$out/checkpoint.pt"\n'
         '[[ "$*" == *energy:constant* ]] && exit 3\n'
@@ -172,6 +178,9 @@ def test_study_queue_lr_override_and_record_archive(tmp_path):
         "qm9-study-lr2e-3/seed-0/mse/config.json",
         "qm9-study-lr2e-3/seed-0/mse/metrics.json",
     ]
+    assert seen.read_text().splitlines() == ["runs/qm9-study-lr2e-3/seed-0 step 4"]
+    assert "seed-0: continues the finished check runs/qm9-study/lr-2e-3" in out.stdout
+    assert (check / "mse" / "checkpoint.pt").read_text() == "step 4\n"
 
 
 def test_study_report_labels_seed0_by_its_configured_rate(tmp_path):

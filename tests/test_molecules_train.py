@@ -328,6 +328,27 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
         )
 
 
+def test_a_finished_run_extended_by_epochs_equals_the_longer_run(tmp_path):
+    # The CPU study's seed-0 job at a tuned rate continues the 4-epoch learning-rate check at that rate (same seed,
+    # loss, lr) to 8 epochs: only epochs and the evaluation may differ between a checkpoint and the run resuming it.
+    cfg = dataclasses.replace(TINY, eval_every=0.125, n_final_samples=6)  # an evaluation every 4 steps
+    T.train_model(cfg, "energy:exp", tmp_path / "long", show_progress=False)
+    short = dataclasses.replace(cfg, epochs=0.125)
+    T.train_model(short, "energy:exp", tmp_path / "extended", show_progress=False)
+    assert _params(tmp_path / "extended" / "checkpoint.pt")["step"] == 4
+    records = T.train_model(cfg, "energy:exp", tmp_path / "extended", show_progress=False)
+    a, b = _params(tmp_path / "long" / "checkpoint.pt"), _params(tmp_path / "extended" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8 == records[-1]["step"]
+    for key in ("model", "ema"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after extending the run"
+    assert a["grad_norms"] == b["grad_norms"]
+    # the short run's last evaluation was its final one (n_final_samples); the longer run evaluated 4 at step 4
+    assert [(r["step"], r["n_samples"]) for r in records] == [(4, 6), (8, 6)]
+    long_records = json.loads((tmp_path / "long" / "metrics.json").read_text())["records"]
+    assert [(r["step"], r["n_samples"]) for r in long_records] == [(4, 4), (8, 6)]
+
+
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):
     cfg = dataclasses.replace(TINY, epochs=3 / 32, n_eval_samples=6)  # 3 steps of a global batch of 8
     T.train_model(cfg, "energy:exp", tmp_path / "single", show_progress=False)
