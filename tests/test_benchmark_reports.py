@@ -155,7 +155,8 @@ def test_study_queue_lr_override_and_record_archive(tmp_path):
     path = _fake_energyloss(
         tmp_path,
         f'echo "$*" >> {log}\n'
-        f'[[ -f "${{*: -1}}/mse/checkpoint.pt" ]] && echo "${{*: -1}} $(cat "${{*: -1}}/mse/checkpoint.pt")" >> {seen}\n'
+        'ckpt="${*: -1}/mse/checkpoint.pt"\n'
+        f'[[ -f "$ckpt" ]] && echo "${{*: -1}} $(cat "$ckpt")" >> {seen}\n'
         'out="${*: -1}/mse"; mkdir -p "$out"\n'
         'echo "{}" > "$out/metrics.json"; echo "{}" > "$out/config.json"; echo x > "$out/checkpoint.pt"\n'
         '[[ "$*" == *energy:constant* ]] && exit 3\n'
