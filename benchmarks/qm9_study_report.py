@@ -64,9 +64,17 @@ def _fmt(mean: float, std: float | None, scale: float) -> str:
     return text if std is None else f"{text} ± {scale * std:.{digits}f}"
 
 
-def seeds_table(study: Path) -> tuple[str, dict]:
-    """Markdown of part 1 and ``{loss: {epoch: {metric: [values over seeds]}}}`` for the plot."""
-    by_seed = {int(p.name.split("-")[1]): load_records(p) for p in sorted(study.glob("seed-*")) if p.is_dir()}
+def seeds_table(study: Path | dict[str, Path]) -> tuple[str, dict]:
+    """Markdown of part 1 and ``{loss: {epoch: {metric: [values over seeds]}}}`` for the plot.
+
+    ``study`` is one study folder, or ``{loss: folder}`` to pair each loss's ``seed-*`` runs from its own folder
+    (each loss at its own learning rate: the ``LR=<rate> LOSSES=<loss>`` studies of the queue)."""
+    sources = study if isinstance(study, dict) else dict.fromkeys(PAIR, study)
+    by_seed: dict[int, dict[str, list[dict]]] = defaultdict(dict)
+    for loss, folder in sources.items():
+        for path in sorted(folder.glob("seed-*")):
+            if path.is_dir() and loss in (runs := load_records(path)):
+                by_seed[int(path.name.split("-")[1])][loss] = runs[loss]
     curves: dict[str, dict[float, dict[str, list[float]]]] = {
         loss: defaultdict(lambda: defaultdict(list)) for loss in PAIR
     }
@@ -178,6 +186,26 @@ def seed0_lr(study: Path) -> str:
     return "1e-3"
 
 
+#: The learning-rate check's rates for both losses (beside seed 0's); other ``lr-<rate>`` folders are extra checks.
+PLANNED_RATES = ("5e-4", "2e-3", "4e-3", "8e-3")
+
+
+def _is_rate(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
+def lr_folders(study: Path) -> list[tuple[str, str]]:
+    """``(rate label, folder name)`` of the learning-rate check, by rate: the planned ``lr-*`` folders (reported
+    as not run while missing), ``seed-0`` at its configured rate, and any other ``lr-<rate>`` folder found."""
+    found = {p.name[3:] for p in study.glob("lr-*") if p.is_dir() and _is_rate(p.name[3:])}
+    rows = [(lr, f"lr-{lr}") for lr in sorted(set(PLANNED_RATES) | found)]
+    rows.append((seed0_lr(study), "seed-0"))
+    return sorted(rows, key=lambda row: float(row[0]))
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -212,23 +240,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="the study's output folder (OUT of qm9_cpu_study.sh)")
     parser.add_argument("--plot", type=Path, help="write the convergence plot with bands here")
+    parser.add_argument(
+        "--tuned",
+        metavar="LOSS=DIR",
+        action="append",
+        default=[],
+        help=f"pair each loss of {', '.join(PAIR)} at its own rate: the seeds of LOSS come from study folder DIR "
+        "(both needed); printed after the seeds of STUDY, and --tuned-plot plots them",
+    )
+    parser.add_argument("--tuned-plot", type=Path, help="the convergence plot of the --tuned seeds")
     args = parser.parse_args(argv)
     if not args.study.is_dir():
         parser.error(f"study: no folder {args.study}")
+    tuned: dict[str, Path] = {}
+    for item in args.tuned:
+        loss, sep, folder = item.partition("=")
+        if not sep or loss not in PAIR:
+            parser.error(f"--tuned: expected LOSS=DIR with LOSS one of {', '.join(PAIR)}, got {item!r}")
+        if not Path(folder).is_dir():
+            parser.error(f"--tuned: no folder {folder}")
+        tuned[loss] = Path(folder)
+    if args.tuned and set(tuned) != set(PAIR):
+        parser.error(f"--tuned: give a folder for each of {', '.join(PAIR)}")
+    if args.tuned_plot and not tuned:
+        parser.error("--tuned-plot needs --tuned")
     text, curves = seeds_table(args.study)
     print("### MSE vs energy(exp), over seeds\n\n" + text)
+    if tuned:
+        rates = ", ".join(f"{loss} lr {seed0_lr(folder)} ({folder})" for loss, folder in tuned.items())
+        tuned_text, tuned_curves = seeds_table(tuned)
+        print(f"\n### MSE vs energy(exp) at the tuned rates, over seeds: {rates}\n\n" + tuned_text)
+        if args.tuned_plot:
+            plot(tuned_curves, args.tuned_plot)
     seed0 = load_records(args.study / "seed-0")
     lr_rows = []
-    for lr, folder in (
-        ("5e-4", "lr-5e-4"),
-        (seed0_lr(args.study), "seed-0"),
-        ("2e-3", "lr-2e-3"),
-        ("4e-3", "lr-4e-3"),
-        ("8e-3", "lr-8e-3"),
-    ):
+    for lr, folder in lr_folders(args.study):
         runs = load_records(args.study / folder)
+        planned = folder == "seed-0" or lr in PLANNED_RATES
         for loss in PAIR:
-            lr_rows.append((f"lr {lr}", loss, runs.get(loss, [])))
+            if planned or loss in runs:  # a check of one loss (lr-1.6e-2: MSE only) has no row for the other
+                lr_rows.append((f"lr {lr}", loss, runs.get(loss, [])))
     print("\n### Learning-rate check (seed 0, epoch 4)\n\n" + final_rows(lr_rows, at_epoch=4.0))
     print(lr_choice(lr_rows))
     matrix = [("seed-0", loss, seed0.get(loss, [])) for loss in PAIR]

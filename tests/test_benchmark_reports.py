@@ -192,3 +192,77 @@ def test_study_report_labels_seed0_by_its_configured_rate(tmp_path):
     (tmp_path / "seed-0" / "mse").mkdir(parents=True)
     (tmp_path / "seed-0" / "mse" / "config.json").write_text(json.dumps({"lr": 0.002}))
     assert report.seed0_lr(tmp_path) == "2e-3"
+
+
+def test_study_queue_losses_restricts_the_two_loss_jobs(tmp_path):
+    """LOSSES=mse: the seeds, frac-0.5 and model-* jobs train only MSE (so each loss can have its own LR= study),
+    the matrix keeps its own loss, and the lr-1.6e-2 check is MSE alone whatever LOSSES says."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.log"
+    path = _fake_energyloss(tmp_path, f'echo "$*" >> {log}\n')
+    env = os.environ | {"PATH": path, "OUT": str(tmp_path / "study"), "ARCHIVE": "", "LOSSES": "mse",
+                        "JOBS": "seed-1 frac-0.5 model-gdm matrix/mae lr-1.6e-2"}  # fmt: skip
+    out = subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    calls = {line.split()[-1].split("/")[-1]: line for line in log.read_text().splitlines()}
+    for job in ("seed-1", "frac-0.5", "model-gdm"):
+        assert "--losses mse " in calls[job] and "energy" not in calls[job]
+    assert "--losses mae " in calls["mae"]
+    assert "--losses mse " in calls["lr-1.6e-2"] and "--lr 1.6e-2" in calls["lr-1.6e-2"]
+    env["LOSSES"] = ""  # unset or empty: both losses
+    log.unlink()
+    env["JOBS"] = "seed-1 lr-1.6e-2"
+    subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
+    calls = {line.split()[-1].split("/")[-1]: line for line in log.read_text().splitlines()}
+    assert "--losses energy:exp,mse " in calls["seed-1"] and "--losses mse " in calls["lr-1.6e-2"]
+
+
+def test_study_report_lr_check_finds_extra_rates(tmp_path, capsys):
+    """An lr-<rate> folder beyond the planned rates joins the check in order of rate, with rows for the losses it
+    has only; a folder whose suffix is no rate is ignored."""
+    report = _script("qm9_study_report")
+    _write(tmp_path / "lr-8e-3", "mse", [_record("mse", 4.0, 0.57)])
+    _write(tmp_path / "lr-8e-3", "energy-exp", [_record("energy:exp", 4.0, 0.61)])
+    _write(tmp_path / "lr-1.6e-2", "mse", [_record("mse", 4.0, 0.4)])
+    (tmp_path / "lr-notes").mkdir()
+    assert [lr for lr, _ in report.lr_folders(tmp_path)] == ["5e-4", "1e-3", "2e-3", "4e-3", "8e-3", "1.6e-2"]
+    assert report.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| lr 1.6e-2 | mse | 4 | 40.0 |" in out and "| lr 1.6e-2 | energy:exp |" not in out
+    assert out.index("| lr 8e-3 | mse |") < out.index("| lr 1.6e-2 | mse |")
+
+
+def test_study_report_pairs_losses_from_their_tuned_studies(tmp_path, capsys):
+    """--tuned LOSS=DIR takes each loss's seeds from its own study folder (its own rate) and pairs them by seed;
+    a missing loss, an unknown loss or a missing folder is a usage error."""
+    report = _script("qm9_study_report")
+    energy, mse = tmp_path / "qm9-study-lr4e-3", tmp_path / "qm9-study-lr8e-3"
+    for seed, (e, m) in enumerate([(0.7, 0.5), (0.9, 0.6)]):
+        _write(energy / f"seed-{seed}", "energy-exp", [_record("energy:exp", 8.0, e)])
+        _write(mse / f"seed-{seed}", "mse", [_record("mse", 8.0, m)])
+        _write(energy / f"seed-{seed}", "mse", [_record("mse", 8.0, 0.0)])  # another rate's MSE: not paired
+    (energy / "seed-0" / "energy-exp" / "config.json").write_text(json.dumps({"lr": 0.004}))
+    base = tmp_path / "base"
+    base.mkdir()
+    plot = tmp_path / "tuned.png"
+    args = [str(base), "--tuned", f"energy:exp={energy}", "--tuned", f"mse={mse}", "--tuned-plot", str(plot)]
+    assert report.main(args) == 0
+    out = capsys.readouterr().out
+    tuned = out[out.index("at the tuned rates") :]
+    assert "energy:exp lr 4e-3" in tuned
+    assert "| 8 | energy:exp | 2 | 80.0 ± 10.0 |" in tuned and "| 8 | mse | 2 | 55.0 ± 5.0 |" in tuned
+    assert "| mean ± std | | 25.0 ± 5.0 |" in tuned  # (70-50, 90-60)
+    assert plot.stat().st_size > 0
+    missing = tmp_path / "nope"
+    bad_args = (
+        ["--tuned", f"mse={mse}"],
+        ["--tuned", f"mae={mse}", "--tuned", f"mse={mse}"],
+        ["--tuned", f"energy:exp={missing}", "--tuned", f"mse={mse}"],
+        ["--tuned-plot", "x.png"],
+    )
+    for bad in bad_args:
+        with pytest.raises(SystemExit) as exc:
+            report.main([str(base), *bad])
+        assert exc.value.code == 2
