@@ -197,6 +197,34 @@ def test_run_folders_refuse_a_changed_fixed_setting_and_report_the_others(tmp_pa
     assert runs.current_run_folder() == out
 
 
+def test_a_reopened_run_folder_keeps_when_and_with_which_code_each_part_ran(tmp_path, monkeypatch):
+    """config.json's ``machine`` is the latest process's (with the energyloss version and code commit);
+    ``earlier_machines`` keeps those of the processes before it, oldest first."""
+    out = tmp_path / "r"
+    dates = iter(["2026-01-01T00:00:00", "2026-01-02T00:00:00", "2026-01-03T00:00:00"])
+    real = runs.machine_info
+    monkeypatch.setattr(runs, "machine_info", lambda: real() | {"date": next(dates)})
+    for _ in range(3):
+        runs.open_run_folder(out, "x", _Cfg())
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["machine"]["date"] == "2026-01-03T00:00:00"
+    assert [m["date"] for m in saved["earlier_machines"]] == ["2026-01-01T00:00:00", "2026-01-02T00:00:00"]
+    assert saved["machine"]["energyloss"] == el.__version__
+
+
+def test_code_commit_names_the_checkout_the_package_is_imported_from():
+    import subprocess
+    from pathlib import Path
+
+    package = Path(runs.__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("energyloss is not imported from a git checkout")
+    commit = runs.code_commit()
+    assert commit is not None and commit.removesuffix("+dirty") == head.stdout.strip()
+    assert runs.machine_info()["commit"] == commit
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="flock(2) locks only")
 def test_a_run_folder_is_locked_while_another_process_runs_in_it(tmp_path):
     import subprocess

@@ -347,6 +347,10 @@ def test_a_finished_run_extended_by_epochs_equals_the_longer_run(tmp_path):
     assert [(r["step"], r["n_samples"]) for r in records] == [(4, 6), (8, 6)]
     long_records = json.loads((tmp_path / "long" / "metrics.json").read_text())["records"]
     assert [(r["step"], r["n_samples"]) for r in long_records] == [(4, 4), (8, 6)]
+    # the extended run's config.json keeps the machine entry of the process that trained its first half
+    config = json.loads((tmp_path / "extended" / "config.json").read_text())
+    assert len(config["earlier_machines"]) == 1 and config["machine"]["energyloss"]
+    assert json.loads((tmp_path / "long" / "config.json").read_text())["earlier_machines"] == []
 
 
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):

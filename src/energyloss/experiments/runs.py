@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
 import platform
 import random
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -48,6 +50,8 @@ __all__ = [
     "to_jsonable",
     "unlock_run_folder",
     "machine_info",
+    "code_commit",
+    "with_machine_history",
     "make_run_dir",
     "markdown_table",
     "mean_std",
@@ -505,17 +509,14 @@ def open_run_folder(
                 f"{run_dir}: settings changed since the last run here ({'; '.join(other)}); work done with the "
                 "old settings is redone where they matter"
             )
-    write_json(
-        run_dir / "config.json",
-        {
-            "experiment": experiment,
-            "preset": preset,
-            "config": cfg,
-            "fingerprint": fingerprint(cfg),
-            "machine": machine_info(),
-            "argv": list(sys.argv if argv is None else argv),
-        },
-    )
+    record = {
+        "experiment": experiment,
+        "preset": preset,
+        "config": cfg,
+        "fingerprint": fingerprint(cfg),
+        "argv": list(sys.argv if argv is None else argv),
+    }
+    write_json(run_dir / "config.json", with_machine_history(run_dir / "config.json", record))
     _CURRENT["run_dir"] = run_dir
     return run_dir
 
@@ -558,7 +559,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def machine_info() -> dict[str, Any]:
-    """What ran this: date, host platform, CPU count, python, torch and (if any) the GPU name."""
+    """What ran this: date, host platform, CPU count, python, torch, (if any) the GPU name, and the code: the
+    energyloss version and, when the package is imported from a git checkout, its commit (:func:`code_commit`)."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -570,7 +572,42 @@ def machine_info() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    from .. import __version__
+
+    info["energyloss"] = __version__
+    commit = code_commit()
+    if commit is not None:
+        info["commit"] = commit
     return info
+
+
+@functools.cache
+def code_commit() -> str | None:
+    """The git commit of the checkout energyloss is imported from (short hash, ``+dirty`` when the package's
+    tracked files differ from it), or ``None`` for an installed package or without git. Computed once per process."""
+    package = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(package), "diff", "--quiet", "HEAD", "--", "."], timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
+
+
+def with_machine_history(path: str | os.PathLike, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with ``machine`` (:func:`machine_info`, now) and ``earlier_machines``: the ``machine`` entries of
+    the earlier processes that wrote ``path`` (a resumed run: when, where and with which code each part ran)."""
+    old = read_json(path, what="config file")
+    earlier = []
+    if isinstance(old, dict):
+        earlier = list(old.get("earlier_machines") or [])
+        if isinstance(old.get("machine"), dict):
+            earlier.append(old["machine"])
+    return record | {"machine": machine_info(), "earlier_machines": earlier}
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:

@@ -37,7 +37,16 @@ import numpy as np
 import torch
 
 from ..losses import LossSpec, parse_loss_spec
-from ..runs import atomic_save, config_changes, derived_generator, log, machine_info, progress, write_csv, write_json
+from ..runs import (
+    atomic_save,
+    config_changes,
+    derived_generator,
+    log,
+    progress,
+    with_machine_history,
+    write_csv,
+    write_json,
+)
 from .config import QM9_ELEMENTS, RESUME_KEYS, QM9Config
 from .diffusion_model import MoleculeDiffusion
 from .distributed import all_reduce_sum, dist, rank_world, resolve_device
@@ -337,23 +346,26 @@ class Trainer:
         if self.rank != 0:
             return
         model = self.state.model
+        path = self.run_dir / "config.json"
         write_json(
-            self.run_dir / "config.json",
-            self.config
-            | {
-                "lr": self.lr,
-                "position_weight": model.position_weight,
-                "coefficients": repr(model.coefficients),
-                "parameters": count_parameters(model),
-                "n_train": self.n_train,
-                "elements": list(self.elements),
-                "include_charges": self.include_charges,
-                "stability_table": self.tables.name,
-                "steps_per_epoch": self.steps_per_epoch,
-                "total_steps": self.total_steps,
-                "world_size": self.world,
-                "machine": machine_info(),
-            },
+            path,
+            with_machine_history(
+                path,
+                self.config
+                | {
+                    "lr": self.lr,
+                    "position_weight": model.position_weight,
+                    "coefficients": repr(model.coefficients),
+                    "parameters": count_parameters(model),
+                    "n_train": self.n_train,
+                    "elements": list(self.elements),
+                    "include_charges": self.include_charges,
+                    "stability_table": self.tables.name,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "total_steps": self.total_steps,
+                    "world_size": self.world,
+                },
+            ),
         )
 
     def checkpoint(self) -> None:
