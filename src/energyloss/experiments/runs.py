@@ -559,12 +559,13 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def machine_info() -> dict[str, Any]:
-    """What ran this: date, host platform, CPU count, python, torch, (if any) the GPU name, and the code: the
+    """What ran this: date, host platform, CPU model and count, python, torch, (if any) the GPU name, and the code: the
     energyloss version and, when the package is imported from a git checkout, its commit (:func:`code_commit`)."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -579,6 +580,19 @@ def machine_info() -> dict[str, Any]:
     if commit is not None:
         info["commit"] = commit
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux's /proc/cpuinfo), or ``None``: float results on the CPU can depend on it, since
+    torch picks its kernels by instruction set."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
 
 
 @functools.cache

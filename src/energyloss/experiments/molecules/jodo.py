@@ -331,7 +331,7 @@ class CosineSchedule:
         log0 = math.log(math.cos(s / (1.0 + s) * math.pi / 2.0))
         log_alpha = torch.log(torch.cos((t.double() + s) / (1.0 + s) * math.pi / 2.0)) - log0
         # alpha_t <= 1 for t >= 0; at t = 0 torch's vectorised cos/log and libm's may differ by an ulp, and a
-        # log_alpha of +1e-17 would make sigma_t = sqrt(-expm1(2 log_alpha)) NaN (seen on an Intel CPU)
+        # log_alpha of +1e-17 would make sigma_t = sqrt(-expm1(2 log_alpha)) NaN (seen on an AMD EPYC)
         return log_alpha.clamp(max=0.0)
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
