@@ -96,6 +96,7 @@ run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or t
 archive_job() {  # copy a finished job's metrics.json and config.json files to ARCHIVE/<name of OUT>/<job>/
     local job=$1 src dest
     for src in "$OUT/$job"/*/; do
+        [[ -f $src/metrics.json ]] || continue  # no loss folder (or one that never wrote records): nothing to copy
         dest="$ARCHIVE/$(basename "$OUT")/$job/$(basename "$src")"
         mkdir -p "$dest" && cp "$src"/metrics.json "$src"/config.json "$dest"/
     done

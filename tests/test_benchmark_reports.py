@@ -122,7 +122,7 @@ def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
         '[[ "$*" == *energy:constant* ]] && exit 3\n'
         f'echo "end ${{*: -1}}" >> {log}\n',
     )
-    env = os.environ | {"PATH": path, "OUT": str(tmp_path / "study"),
+    env = os.environ | {"PATH": path, "OUT": str(tmp_path / "study"), "ARCHIVE": str(tmp_path / "archive"),
                         "PARALLEL": "2", "JOBS": "seed-0 matrix/mae matrix/energy-constant model-egnn"}  # fmt: skip
     out = subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "matrix/energy-constant: failed (exit 3)" in out.stdout
@@ -137,6 +137,7 @@ def test_study_queue_runs_single_loss_jobs_side_by_side(tmp_path):
     assert events.index("start model-egnn") > events.index("end mae")
     assert "--jobs 2" in args["seed-0"] and "--jobs 1" in args["matrix/mae"] and "--model egnn" in args["model-egnn"]
     assert "--losses energy:constant" in args["matrix/energy-constant"]
+    assert not (tmp_path / "archive").exists()  # the fake runs wrote no records: nothing archived, no '*' folders
 
 
 def test_study_queue_lr_override_and_record_archive(tmp_path):
