@@ -23,6 +23,7 @@
 # LOSSES=mse trains only that loss in the two-loss jobs (seeds, frac-0.5, model-*), so that each loss can have its
 # own rate: LR=4e-3 LOSSES=energy:exp and LR=8e-3 LOSSES=mse, each into its own folder; the report pairs them
 # (qm9_study_report.py --tuned energy:exp=runs/qm9-study-lr4e-3 --tuned mse=runs/qm9-study-lr8e-3).
+# benchmarks/qm9_tuned_study.sh runs the two families that way, side by side.
 #
 # With LR set, seed-0 starts from a copy of the finished lr-<LR> check in CHECKS (default runs/qm9-study): that
 # check is the same run (seed 0, both losses, that rate) stopped at 4 epochs, and continuing a finished run with more

@@ -267,3 +267,36 @@ def test_study_report_pairs_losses_from_their_tuned_studies(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             report.main([str(base), *bad])
         assert exc.value.code == 2
+
+
+def test_tuned_study_runs_each_family_at_its_rate_in_its_own_folder(tmp_path):
+    """qm9_tuned_study.sh: the energy family (energy(exp) seeds, the other schemes, sparse energy, 50 % data) at
+    ENERGY_LR into runs/qm9-study-lr<rate>, the MSE family (MSE seeds, MAE, Kabsch, 50 % data) at MSE_LR into its
+    own folder; a failed job of one family makes the exit status 1 and leaves the other family running."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.log"
+    path = _fake_energyloss(tmp_path, f'echo "$*" >> {log}\n[[ "$*" == *kabsch_mse* ]] && exit 3\nexit 0\n')
+    env = os.environ | {"PATH": path, "ARCHIVE": "", "OUT": "ignored", "LOSSES": "ignored"}
+    script = BENCHMARKS / "qm9_tuned_study.sh"
+    out = subprocess.run(["bash", str(script)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 1 and "[mse] == matrix/kabsch_mse: failed (exit 3)" in out.stdout
+    calls = {line.split("--out ")[1]: line for line in log.read_text().splitlines()}
+    energy_jobs = ["seed-0", "seed-1", "seed-2", "matrix/energy-constant", "matrix/energy-inverse",
+                   "matrix/energy-inverse_square", "matrix/sparse_energy-exp", "frac-0.5"]  # fmt: skip
+    mse_jobs = ["seed-0", "seed-1", "seed-2", "matrix/mae", "matrix/kabsch_mse", "frac-0.5"]
+    assert sorted(calls) == sorted(
+        [f"runs/qm9-study-lr4e-3/{job}" for job in energy_jobs] + [f"runs/qm9-study-lr8e-3/{job}" for job in mse_jobs]
+    )
+    for folder, line in calls.items():
+        rate = "4e-3" if "lr4e-3" in folder else "8e-3"
+        assert f"--lr {rate}" in line and "--jobs 1" in line
+    assert "--losses energy:exp " in calls["runs/qm9-study-lr4e-3/seed-1"]
+    assert "--losses energy:constant " in calls["runs/qm9-study-lr4e-3/matrix/energy-constant"]
+    assert "--losses sparse_energy:exp " in calls["runs/qm9-study-lr4e-3/matrix/sparse_energy-exp"]
+    assert (
+        "--losses mse " in calls["runs/qm9-study-lr8e-3/frac-0.5"]
+        and "--dataset-frac 0.5" in calls["runs/qm9-study-lr8e-3/frac-0.5"]
+    )
+    assert "--losses mae " in calls["runs/qm9-study-lr8e-3/matrix/mae"]
