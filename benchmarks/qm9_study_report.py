@@ -206,7 +206,7 @@ def lr_folders(study: Path) -> list[tuple[str, str]]:
     return sorted(rows, key=lambda row: float(row[0]))
 
 
-def plot(curves: dict, path: Path) -> None:
+def plot(curves: dict, path: Path, *, title: str = "QM9, GDM-aug 4 x 64, CPU: mean ± std over seeds") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,7 +229,7 @@ def plot(curves: dict, path: Path) -> None:
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("QM9, GDM-aug 4 x 64, CPU: mean ± std over seeds", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -267,11 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     text, curves = seeds_table(args.study)
     print("### MSE vs energy(exp), over seeds\n\n" + text)
     if tuned:
-        rates = ", ".join(f"{loss} lr {seed0_lr(folder)} ({folder})" for loss, folder in tuned.items())
+        rates = {loss: seed0_lr(folder) for loss, folder in tuned.items()}
+        where = ", ".join(f"{loss} lr {rates[loss]} ({folder})" for loss, folder in tuned.items())
         tuned_text, tuned_curves = seeds_table(tuned)
-        print(f"\n### MSE vs energy(exp) at the tuned rates, over seeds: {rates}\n\n" + tuned_text)
+        print(f"\n### MSE vs energy(exp) at the tuned rates, over seeds: {where}\n\n" + tuned_text)
         if args.tuned_plot:
-            plot(tuned_curves, args.tuned_plot)
+            each = ", ".join(f"{loss} {rate}" for loss, rate in rates.items())
+            plot(tuned_curves, args.tuned_plot, title=f"QM9, GDM-aug 4 x 64, CPU, tuned rates ({each}): mean ± std")
     seed0 = load_records(args.study / "seed-0")
     lr_rows = []
     for lr, folder in lr_folders(args.study):
