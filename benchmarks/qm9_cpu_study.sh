@@ -33,7 +33,8 @@
 #
 # Each finished job's small records (<loss-tag>/metrics.json and config.json, a few kB; not the checkpoints) are
 # copied to ARCHIVE/<name of OUT>/<job>/ (default docs/results/qm9/cpu-study; ARCHIVE= turns it off), so that the
-# tables can be rebuilt by qm9_study_report.py from what is committed after the run folders are gone.
+# tables can be rebuilt by qm9_study_report.py from what is committed after the run folders are gone. A job with no
+# run folder whose records are all archived (it finished on another machine) is skipped, not trained again.
 #
 # JOBS="seed-1 lr-5e-4" restricts a copy to those jobs. PARALLEL=2 keeps two training processes busy: a job with
 # two losses trains them at once (energyloss run qm9 --jobs 2; the same numbers as one after the other), and jobs
@@ -76,6 +77,11 @@ run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or t
     local job=$1; shift
     local lock="$OUT/.locks/${job//\//_}.lock"
     echo "== $job: $(date -Is)"
+    local archived
+    if [[ ! -e $OUT/$job ]] && archived=$(archived_records "$job" "$@"); then
+        echo "== $job: finished before, its records are in $archived; no run folder here, so not trained again"
+        return 0
+    fi
     local check="$CHECKS/lr-$LR"
     if [[ -n $LR && -n $CHECKS && $job == seed-0 && ! -e $OUT/$job && -f $check/summary.md ]]; then
         # under the job's lock, so that two copies of the queue do not both copy
@@ -93,6 +99,16 @@ run_job() {  # run_job JOB ARGS...: one job under its lock; returns 0 (done or t
         archive_job "$job"
     fi
     return 0
+}
+archived_records() {  # archived_records JOB ARGS...: prints the job's archive folder if it has every loss's records
+    local job=$1 losses="" loss; shift
+    [[ -n $ARCHIVE ]] || return 1
+    while [[ $# -gt 0 ]]; do [[ $1 == --losses ]] && losses=$2; shift; done
+    local dest="$ARCHIVE/$(basename "$OUT")/$job"
+    for loss in ${losses//,/ }; do
+        [[ -f $dest/${loss//:/-}/metrics.json ]] || return 1  # the loss tag: the spec with its ':' as '-'
+    done
+    [[ -n $losses ]] && echo "$dest"
 }
 archive_job() {  # copy a finished job's metrics.json and config.json files to ARCHIVE/<name of OUT>/<job>/
     local job=$1 src dest

@@ -300,3 +300,27 @@ def test_tuned_study_runs_each_family_at_its_rate_in_its_own_folder(tmp_path):
         and "--dataset-frac 0.5" in calls["runs/qm9-study-lr8e-3/frac-0.5"]
     )
     assert "--losses mae " in calls["runs/qm9-study-lr8e-3/matrix/mae"]
+
+
+def test_study_queue_skips_jobs_finished_on_another_machine(tmp_path):
+    """A job without a run folder whose losses all have archived records (it finished on an earlier machine, whose
+    runs/ is gone) is skipped; a job missing one loss's records, or with a run folder here, runs."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.log"
+    path = _fake_energyloss(tmp_path, f'echo "$*" >> {log}\n')
+    archive = tmp_path / "archive"
+    for job, tag in (("seed-0", "mse"), ("seed-0", "energy-exp"), ("seed-1", "mse"), ("seed-2", "mse"),
+                     ("matrix/sparse_energy-exp", "sparse_energy-exp")):  # fmt: skip
+        (archive / "study" / job / tag).mkdir(parents=True)
+        (archive / "study" / job / tag / "metrics.json").write_text("{}")
+    (tmp_path / "study" / "seed-2").mkdir(parents=True)  # a run folder here: the queue continues it
+    env = os.environ | {"PATH": path, "OUT": str(tmp_path / "study"), "ARCHIVE": str(archive),
+                        "JOBS": "seed-0 seed-1 seed-2 matrix/sparse_energy-exp"}  # fmt: skip
+    out = subprocess.run(["bash", str(BENCHMARKS / "qm9_cpu_study.sh")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ran = sorted(line.split("--out ")[1].rsplit("/", 1)[-1] for line in log.read_text().splitlines())
+    assert ran == ["seed-1", "seed-2"]  # seed-1 lacks energy's records
+    assert f"== seed-0: finished before, its records are in {archive}/study/seed-0" in out.stdout
+    assert "== sparse_energy-exp: finished before" in out.stdout.replace("matrix/", "")
