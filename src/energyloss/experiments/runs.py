@@ -516,7 +516,7 @@ def open_run_folder(
         "fingerprint": fingerprint(cfg),
         "argv": list(sys.argv if argv is None else argv),
     }
-    write_json(run_dir / "config.json", with_machine_history(run_dir / "config.json", record))
+    write_json(run_dir / "config.json", with_machine_history(record, old))
     _CURRENT["run_dir"] = run_dir
     return run_dir
 
@@ -612,10 +612,10 @@ def code_commit() -> str | None:
     return head.stdout.strip() + ("+dirty" if dirty.returncode == 1 else "")
 
 
-def with_machine_history(path: str | os.PathLike, record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with ``machine`` (:func:`machine_info`, now) and ``earlier_machines``: the ``machine`` entries of
-    the earlier processes that wrote ``path`` (a resumed run: when, where and with which code each part ran)."""
-    old = read_json(path, what="config file")
+def with_machine_history(record: dict[str, Any], old: Any) -> dict[str, Any]:
+    """``record`` with ``machine`` (:func:`machine_info`, now) and ``earlier_machines``: those of ``old``, the
+    config file this record replaces (``None`` for a new run), then its own ``machine`` entry; so a resumed run
+    says when, where and with which code each part ran."""
     earlier = []
     if isinstance(old, dict):
         earlier = list(old.get("earlier_machines") or [])

@@ -43,6 +43,7 @@ from ..runs import (
     derived_generator,
     log,
     progress,
+    read_json,
     with_machine_history,
     write_csv,
     write_json,
@@ -350,7 +351,6 @@ class Trainer:
         write_json(
             path,
             with_machine_history(
-                path,
                 self.config
                 | {
                     "lr": self.lr,
@@ -365,6 +365,7 @@ class Trainer:
                     "total_steps": self.total_steps,
                     "world_size": self.world,
                 },
+                read_json(path, what="config file"),
             ),
         )
 
