@@ -53,6 +53,9 @@ LOSSES=${LOSSES:-energy:exp,mse}
 common=(--preset default --threads "$THREADS" --no-progress ${LR:+--lr "$LR"})  # an lr-* job's own --lr comes later
 MATRIX=(mae kabsch_mse sparse_energy:exp energy:constant energy:inverse energy:inverse_square)
 
+loss_tag() {  # the run folder of a loss spec (energyloss's LossSpec.tag for the specs here): energy:exp -> energy-exp
+    echo "${1//:/-}"
+}
 job_args() {  # the arguments of one job, after the common ones
     case $1 in
         seed-*) echo "--model gdm-aug --losses $LOSSES --seed ${1#seed-}" ;;
@@ -67,7 +70,7 @@ job_args() {  # the arguments of one job, after the common ones
 }
 
 all_jobs=(seed-0 seed-1 seed-2 lr-5e-4 lr-2e-3 lr-4e-3 lr-8e-3 lr-1.6e-2 frac-0.5)
-for loss in "${MATRIX[@]}"; do all_jobs+=("matrix/${loss//:/-}"); done
+for loss in "${MATRIX[@]}"; do all_jobs+=("matrix/$(loss_tag "$loss")"); done
 all_jobs+=(model-gdm model-egnn)
 read -r -a jobs <<< "${JOBS:-${all_jobs[*]}}"
 
@@ -106,7 +109,7 @@ archived_records() {  # archived_records JOB ARGS...: prints the job's archive f
     while [[ $# -gt 0 ]]; do [[ $1 == --losses ]] && losses=$2; shift; done
     local dest="$ARCHIVE/$(basename "$OUT")/$job"
     for loss in ${losses//,/ }; do
-        [[ -f $dest/${loss//:/-}/metrics.json ]] || return 1  # the loss tag: the spec with its ':' as '-'
+        [[ -f $dest/$(loss_tag "$loss")/metrics.json ]] || return 1
     done
     [[ -n $losses ]] && echo "$dest"
 }
