@@ -351,6 +351,10 @@ def test_a_finished_run_extended_by_epochs_equals_the_longer_run(tmp_path):
     config = json.loads((tmp_path / "extended" / "config.json").read_text())
     assert len(config["earlier_machines"]) == 1 and config["machine"]["energyloss"]
     assert json.loads((tmp_path / "long" / "config.json").read_text())["earlier_machines"] == []
+    # reopening a finished run trains nothing and leaves its record alone (the study queue reopens finished jobs)
+    before = (tmp_path / "long" / "config.json").read_bytes()
+    again = T.train_model(cfg, "energy:exp", tmp_path / "long", show_progress=False)
+    assert again == long_records and (tmp_path / "long" / "config.json").read_bytes() == before
 
 
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path):

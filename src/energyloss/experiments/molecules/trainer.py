@@ -496,9 +496,15 @@ class Trainer:
         return all_reduce_sum([over], self.device)[0] > 0  # every rank stops at the same step
 
     def run(self) -> list[dict[str, Any]]:
-        """Train to ``total_steps`` (evaluating and checkpointing on the way); returns every record."""
-        self._write_config()
+        """Train to ``total_steps`` (evaluating and checkpointing on the way); returns every record.
+
+        A finished run (its last record at ``total_steps``) trains nothing and keeps its ``config.json`` as it is,
+        so the record of the machine that trained it is not replaced by that of a process that only reopened it.
+        """
         s = self.state
+        finished = s.step >= self.total_steps and bool(s.records) and s.records[-1]["step"] == s.step
+        if not (finished and (self.run_dir / "config.json").is_file()):
+            self._write_config()
         s.model.train()
         steps = progress(
             range(s.step, self.total_steps),
