@@ -10,6 +10,8 @@ Reads the run folders that ``benchmarks/qm9_cpu_study.sh`` writes (``seed-S/``, 
    it picks per loss;
 3. the one-seed matrix (MAE, Kabsch, sparse energy, the four coefficient schemes) beside seed 0's MSE / energy;
 4. 50 % of the training data, same steps;
+   with ``--tuned``, 3 and 4 also for the tuned study folders, each loss family at its own rate, with atom stability
+   at every evaluation;
 5. the other denoisers (``model-gdm/``, ``model-egnn/``: GDM without augmentation and EDM's EGNN, seed 0) beside
    seed 0's GDM-aug, at epoch 4 (EGNN's budget) and at the last evaluation.
 
@@ -154,6 +156,37 @@ def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | Non
     return "\n".join(out)
 
 
+def curve_table(rows: list[tuple[str, str, list[dict]]], *, key: str = "atom_stability", scale: float = 100.0) -> str:
+    """One row per ``(label, loss, records)``, one column per evaluation epoch (of any row): ``key`` there
+    (scaled), empty where a run has not reached that epoch."""
+    epochs = sorted({round(r["epoch"], 6) for _, _, records in rows for r in records})
+    out = ["| run | loss | " + " | ".join(f"epoch {e:g}" for e in epochs) + " |",
+           "|---|---|" + "---|" * len(epochs)]  # fmt: skip
+    for label, loss, records in rows:
+        cells = []
+        for epoch in epochs:
+            pick = record_at(records, epoch)
+            cells.append("" if pick is None else _fmt(pick[key], None, scale))
+        out.append(f"| {label} | {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def tuned_rows(tuned: dict[str, Path]) -> tuple[list, list]:
+    """The one-seed runs of the tuned study folders (``--tuned``), each loss family at its own rate: the matrix
+    (each folder's seed 0 of its loss, then its ``matrix/*`` runs) and the 50 % data runs beside the full-data
+    seed 0; as ``(label, loss, records)`` rows for :func:`final_rows` / :func:`curve_table`."""
+    matrix, fraction = [], []
+    for loss, folder in tuned.items():
+        rate = seed0_lr(folder)
+        matrix.append((f"seed-0, lr {rate}", loss, load_records(folder / "seed-0").get(loss, [])))
+        for run in sorted((folder / "matrix").glob("*")) if (folder / "matrix").is_dir() else []:
+            for other, records in load_records(run).items():
+                matrix.append((f"matrix, lr {rate}", other, records))
+        fraction.append((f"50 % data, lr {rate}", loss, load_records(folder / "frac-0.5").get(loss, [])))
+        fraction.append((f"100 % data (seed-0), lr {rate}", loss, load_records(folder / "seed-0").get(loss, [])))
+    return matrix, fraction
+
+
 def lr_choice(lr_rows: list[tuple[str, str, list[dict]]], *, at_epoch: float = 4.0) -> str:
     """One line per loss: the learning rate with the highest atom stability at ``at_epoch`` (validity breaks ties),
     once every rate of the check has reached it."""
@@ -274,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.tuned_plot:
             each = ", ".join(f"{loss} {rate}" for loss, rate in rates.items())
             plot(tuned_curves, args.tuned_plot, title=f"QM9, GDM-aug 4 x 64, CPU, tuned rates ({each}): mean ± std")
+        matrix, fraction = tuned_rows(tuned)
+        print("\n### One seed of every loss at its family's tuned rate (seed 0, last evaluation reached)\n")
+        print(final_rows(matrix))
+        print("\nAtom stability (%) at every evaluation:\n\n" + curve_table(matrix))
+        print("\n### 50 % of the training data at the tuned rates, same steps (seed 0, last evaluation)\n")
+        print(final_rows(fraction))
+        print("\nAtom stability (%) at every evaluation:\n\n" + curve_table(fraction))
     seed0 = load_records(args.study / "seed-0")
     lr_rows = []
     for lr, folder in lr_folders(args.study):

@@ -324,3 +324,32 @@ def test_study_queue_skips_jobs_finished_on_another_machine(tmp_path):
     assert ran == ["seed-1", "seed-2"]  # seed-1 lacks energy's records
     assert f"== seed-0: finished before, its records are in {archive}/study/seed-0" in out.stdout
     assert "== sparse_energy-exp: finished before" in out.stdout.replace("matrix/", "")
+
+
+def test_study_report_tuned_matrix_and_half_data_per_family(tmp_path, capsys):
+    """With --tuned, the matrix and 50 % data runs of each family's folder are reported at that family's rate,
+    with atom stability at every evaluation (an unfinished run leaves its later epochs empty)."""
+    report = _script("qm9_study_report")
+    energy, mse = tmp_path / "qm9-study-lr4e-3", tmp_path / "qm9-study-lr8e-3"
+    _write(energy / "seed-0", "energy-exp", [_record("energy:exp", 1.0, 0.5), _record("energy:exp", 2.0, 0.75)])
+    _write(mse / "seed-0", "mse", [_record("mse", 1.0, 0.4), _record("mse", 2.0, 0.6)])
+    (energy / "seed-0" / "energy-exp" / "config.json").write_text(json.dumps({"lr": 0.004}))
+    (mse / "seed-0" / "mse" / "config.json").write_text(json.dumps({"lr": 0.008}))
+    _write(energy / "matrix" / "energy-constant", "energy-constant", [_record("energy:constant", 1.0, 0.3)])
+    _write(mse / "matrix" / "mae", "mae", [_record("mae", 1.0, 0.2), _record("mae", 2.0, 0.45)])
+    _write(mse / "frac-0.5", "mse", [_record("mse", 2.0, 0.55)])
+    base = tmp_path / "base"
+    base.mkdir()
+    assert report.main([str(base), "--tuned", f"energy:exp={energy}", "--tuned", f"mse={mse}"]) == 0
+    out = capsys.readouterr().out
+    matrix = out[out.index("at its family's tuned rate") : out.index("50 % of the training data at the tuned")]
+    assert "| seed-0, lr 4e-3 | energy:exp | 2 | 75.0 |" in matrix
+    assert "| matrix, lr 4e-3 | energy:constant | 1 | 30.0 |" in matrix
+    assert "| matrix, lr 8e-3 | mae | 2 | 45.0 |" in matrix
+    assert "| run | loss | epoch 1 | epoch 2 |" in matrix
+    assert "| matrix, lr 4e-3 | energy:constant | 30.0 |  |" in matrix
+    assert "| matrix, lr 8e-3 | mae | 20.0 | 45.0 |" in matrix
+    half = out[out.index("50 % of the training data at the tuned") :]
+    assert "| 50 % data, lr 8e-3 | mse | 2 | 55.0 |" in half
+    assert "| 50 % data, lr 4e-3 | energy:exp | not run |" in half
+    assert "| 100 % data (seed-0), lr 4e-3 | energy:exp | 2 | 75.0 |" in half
