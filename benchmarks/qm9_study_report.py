@@ -156,17 +156,18 @@ def final_rows(rows: list[tuple[str, str, list[dict]]], *, at_epoch: float | Non
     return "\n".join(out)
 
 
-def curve_table(rows: list[tuple[str, str, list[dict]]], *, key: str = "atom_stability", scale: float = 100.0) -> str:
-    """One row per ``(label, loss, records)``, one column per evaluation epoch (of any row): ``key`` there
-    (scaled), empty where a run has not reached that epoch."""
-    epochs = sorted({round(r["epoch"], 6) for _, _, records in rows for r in records})
-    out = ["| run | loss | " + " | ".join(f"epoch {e:g}" for e in epochs) + " |",
-           "|---|---|" + "---|" * len(epochs)]  # fmt: skip
+def curve_table(
+    rows: list[tuple[str, str, list[dict]]], *, key: str = "atom_stability", scale: float = 100.0, by: str = "epoch"
+) -> str:
+    """One row per ``(label, loss, records)``, one column per evaluation (``by`` its ``"epoch"`` or its training
+    ``"step"``, over every row): ``key`` there (scaled), empty where a run has not reached it. Runs on different
+    amounts of data (50 % data, same steps) line up by step, not by epoch."""
+    points = sorted({round(r[by], 6) for _, _, records in rows for r in records})
+    out = ["| run | loss | " + " | ".join(f"{by} {p:g}" for p in points) + " |",
+           "|---|---|" + "---|" * len(points)]  # fmt: skip
     for label, loss, records in rows:
-        cells = []
-        for epoch in epochs:
-            pick = record_at(records, epoch)
-            cells.append("" if pick is None else _fmt(pick[key], None, scale))
+        at = {round(r[by], 6): r for r in records}
+        cells = ["" if p not in at else _fmt(at[p][key], None, scale) for p in points]
         out.append(f"| {label} | {loss} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nAtom stability (%) at every evaluation:\n\n" + curve_table(matrix))
         print("\n### 50 % of the training data at the tuned rates, same steps (seed 0, last evaluation)\n")
         print(final_rows(fraction))
-        print("\nAtom stability (%) at every evaluation:\n\n" + curve_table(fraction))
+        print("\nAtom stability (%) at every evaluation, by training step:\n\n" + curve_table(fraction, by="step"))
     seed0 = load_records(args.study / "seed-0")
     lr_rows = []
     for lr, folder in lr_folders(args.study):

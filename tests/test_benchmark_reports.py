@@ -353,3 +353,4 @@ def test_study_report_tuned_matrix_and_half_data_per_family(tmp_path, capsys):
     assert "| 50 % data, lr 8e-3 | mse | 2 | 55.0 |" in half
     assert "| 50 % data, lr 4e-3 | energy:exp | not run |" in half
     assert "| 100 % data (seed-0), lr 4e-3 | energy:exp | 2 | 75.0 |" in half
+    assert "| run | loss | step 100 | step 200 |" in half  # 50 % data lines up with the full run by step
