@@ -178,13 +178,13 @@ def tuned_rows(tuned: dict[str, Path]) -> tuple[list, list]:
     seed 0; as ``(label, loss, records)`` rows for :func:`final_rows` / :func:`curve_table`."""
     matrix, fraction = [], []
     for loss, folder in tuned.items():
-        rate = seed0_lr(folder)
-        matrix.append((f"seed-0, lr {rate}", loss, load_records(folder / "seed-0").get(loss, [])))
+        rate, seed0 = seed0_lr(folder), load_records(folder / "seed-0").get(loss, [])
+        matrix.append((f"seed-0, lr {rate}", loss, seed0))
         for run in sorted((folder / "matrix").glob("*")) if (folder / "matrix").is_dir() else []:
             for other, records in load_records(run).items():
                 matrix.append((f"matrix, lr {rate}", other, records))
         fraction.append((f"50 % data, lr {rate}", loss, load_records(folder / "frac-0.5").get(loss, [])))
-        fraction.append((f"100 % data (seed-0), lr {rate}", loss, load_records(folder / "seed-0").get(loss, [])))
+        fraction.append((f"100 % data (seed-0), lr {rate}", loss, seed0))
     return matrix, fraction
 
 

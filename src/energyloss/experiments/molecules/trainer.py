@@ -495,15 +495,19 @@ class Trainer:
         over = float(self.state.train_seconds >= self.time_limit)
         return all_reduce_sum([over], self.device)[0] > 0  # every rank stops at the same step
 
+    def _finished(self) -> bool:
+        """Trained to ``total_steps`` and evaluated there (the last record is at the current step)."""
+        s = self.state
+        return s.step >= self.total_steps and bool(s.records) and s.records[-1]["step"] == s.step
+
     def run(self) -> list[dict[str, Any]]:
         """Train to ``total_steps`` (evaluating and checkpointing on the way); returns every record.
 
-        A finished run (its last record at ``total_steps``) trains nothing and keeps its ``config.json`` as it is,
-        so the record of the machine that trained it is not replaced by that of a process that only reopened it.
+        A finished run (:meth:`_finished`) trains nothing and keeps its ``config.json`` as it is, so the record of
+        the machine that trained it is not replaced by that of a process that only reopened it.
         """
         s = self.state
-        finished = s.step >= self.total_steps and bool(s.records) and s.records[-1]["step"] == s.step
-        if not (finished and (self.run_dir / "config.json").is_file()):
+        if not (self._finished() and (self.run_dir / "config.json").is_file()):
             self._write_config()
         s.model.train()
         steps = progress(
@@ -525,7 +529,7 @@ class Trainer:
                 self.on_step(s.step)
             if s.step >= self.total_steps:
                 break
-        if not s.records or s.records[-1]["step"] != s.step:
+        if not self._finished():  # the loop ends at total_steps; stopped there without its final evaluation
             self.evaluate()
             self.checkpoint()
         return s.records
